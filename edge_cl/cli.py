@@ -1,0 +1,145 @@
+"""The ``edge-cl`` command line: ``info``, ``classify``, ``verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_cl import __version__
+from edge_cl.backends import RUNTIME_FORMATS, open_extractor
+from edge_cl.backends import litert as litert_backend
+from edge_cl.backends import onnx as onnx_backend
+from edge_cl.errors import EdgeClError
+from edge_cl.imagenet import PretrainedHead, imagenet_files
+from edge_cl.manifest import Manifest
+from edge_cl.preprocess import read_image
+
+DEFAULT_DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+CPU_FLAGS = ("neon", "asimd", "asimddp", "sve", "i8mm", "avx2", "avx512f", "avx512_vnni", "fma")
+
+
+def cpu_features() -> list[str]:
+    """SIMD features of this CPU that matter to the runtimes (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return [f for f in CPU_FLAGS if f in flags]
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Models with their sha256 status, runtimes available, CPU features and threads."""
+    print(f"edge_cl {__version__}  python {platform.python_version()}  {platform.machine()}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"cpu: {cores} usable cores; features: {' '.join(cpu_features()) or 'unknown'}")
+    providers = onnx_backend.available()
+    print(f"onnxruntime: {', '.join(providers) if providers else 'not installed'}")
+    print(f"litert: {litert_backend.available() or 'not installed (pip install ai-edge-litert)'}")
+    manifest = Manifest.load(args.models)
+    print(f"models: {manifest.root}  ({manifest.model}, {manifest.source.get('package')})")
+    status_ok = True
+    for a in manifest.artifacts:
+        try:
+            a.verify()
+            status = "ok"
+        except EdgeClError as e:
+            status, status_ok = f"BAD: {e}", False
+        print(f"  {a.name:24s} {a.format:6s} {a.precision:4s} {a.cut:6s} sha256 {status}")
+    return 0 if status_ok else 1
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """ImageNet top-5 of each image through extractor -> numpy head."""
+    manifest = Manifest.load(args.models)
+    ex = open_extractor(
+        "latent", args.runtime, args.precision, args.resolution, args.threads, manifest=manifest
+    )
+    head = PretrainedHead.load(manifest.head())
+    names = _class_names(args.datasets)
+    for path in args.images:
+        logits = head.logits(ex.frames([read_image(path)]))[0]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        print(path)
+        for i in np.argsort(-p)[:5]:
+            print(f"  {p[i]:6.3f}  {names[i] if names else i}")
+    return 0
+
+
+def _class_names(datasets: Path) -> list[str]:
+    folder = datasets / "imagenet-samples" / "images"
+    return imagenet_files(folder)[2] if folder.is_dir() else []
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Top-1/top-5 of every shipped variant on real photos, and ONNX/TFLite parity."""
+    from edge_cl.verify import verify_models
+
+    manifest = Manifest.load(args.models)
+    images = args.datasets / "imagenet-samples" / "images"
+    result = verify_models(manifest, images, tuple(args.resolutions), args.threads, print)
+    for c in result["checks"]:
+        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['check']}  ({c['value']:.4g})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if result["passed"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``edge-cl``."""
+    parser = argparse.ArgumentParser(prog="edge-cl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edge_cl {__version__}")
+    parser.add_argument("--models", type=Path, default=None, help="models folder (manifest.json)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help=cmd_info.__doc__)
+    info.set_defaults(func=cmd_info)
+
+    def runtime_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--runtime", choices=sorted(RUNTIME_FORMATS), default="onnx")
+        p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+        p.add_argument("--resolution", type=int, default=None, help="multiple of 32 (128)")
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+
+    classify = sub.add_parser("classify", help=cmd_classify.__doc__)
+    classify.add_argument("images", nargs="+", type=Path)
+    runtime_options(classify)
+    classify.set_defaults(func=cmd_classify)
+
+    verify = sub.add_parser("verify", help=cmd_verify.__doc__)
+    verify.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    verify.add_argument("--resolutions", type=int, nargs="+", default=[128, 224])
+    verify.add_argument("--threads", type=int, default=1)
+    verify.add_argument("--json", type=Path, default=None, help="write the results here")
+    verify.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edge-cl`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except EdgeClError as e:
+        print(f"edge-cl: error: {e}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

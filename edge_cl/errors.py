@@ -1,0 +1,27 @@
+"""Exception classes. Every error edge_cl raises on purpose is an ``EdgeClError``.
+
+Each class names what went wrong so that callers (the device loop, the CLI) can react to it
+specifically, and each message says what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class EdgeClError(Exception):
+    """Base class of every error raised on purpose by edge_cl."""
+
+
+class FrameError(EdgeClError, ValueError):
+    """A camera frame or image batch cannot be used (wrong dtype, shape, channels, empty)."""
+
+
+class ManifestError(EdgeClError):
+    """``models/manifest.json`` is missing, malformed, or names no artifact that fits."""
+
+
+class ChecksumError(ManifestError):
+    """A model file does not match the sha256 in the manifest (tampered, truncated, replaced)."""
+
+
+class BackendUnavailableError(EdgeClError):
+    """A runtime, execution provider or delegate was asked for but is not installed here."""

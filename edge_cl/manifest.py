@@ -1,0 +1,159 @@
+"""The model manifest (``models/manifest.json``): which extractor files exist and how to use them.
+
+Every artifact is looked up here, never by file name, and its sha256 is verified before a runtime
+touches it, so a tampered, truncated or replaced model file is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_cl.errors import ChecksumError, ManifestError
+from edge_cl.preprocess import Preprocessing
+
+MANIFEST_VERSION = 1
+
+
+def default_models_dir() -> Path:
+    """``$EDGE_CL_MODELS`` if set, else the ``models/`` folder of this checkout."""
+    env = os.environ.get("EDGE_CL_MODELS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One exported file: an extractor cut in one format and precision, or the numpy head."""
+
+    name: str
+    path: Path
+    sha256: str
+    format: str
+    precision: str
+    cut: str
+    layout: str = "NHWC"
+    input_name: str = "image"
+    output_name: str = ""
+    resolutions: tuple[int, ...] = ()
+    default_resolution: int = 128
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+
+    def verify(self) -> Path:
+        """Return the file's path after checking its sha256; ``ChecksumError`` on mismatch."""
+        if not self.path.is_file():
+            raise ManifestError(
+                f"model file {self.path} is missing: restore it from the repository or rebuild it "
+                "with scripts/export_models.py"
+            )
+        got = sha256_file(self.path)
+        if got != self.sha256:
+            raise ChecksumError(
+                f"{self.path.name}: sha256 {got[:16]}... does not match the manifest's "
+                f"{self.sha256[:16]}...; the file was modified or truncated: restore it "
+                "(git checkout models/) or re-export it"
+            )
+        return self.path
+
+    def preprocessing_at(self, resolution: int | None) -> Preprocessing:
+        """This artifact's preprocessing at ``resolution`` (default: its default resolution)."""
+        res = self.default_resolution if resolution is None else resolution
+        if self.resolutions and res % 32:
+            raise ManifestError(f"resolution {res} is not a multiple of 32 (the model's stride)")
+        p = self.preprocessing
+        return Preprocessing(res, p.mean, p.std, p.crop_fraction)
+
+
+def _artifact(raw: dict[str, Any], root: Path) -> Artifact:
+    prep = raw.get("preprocessing") or {}
+    return Artifact(
+        name=raw["name"],
+        path=root / raw["file"],
+        sha256=raw["sha256"],
+        format=raw["format"],
+        precision=raw["precision"],
+        cut=raw["cut"],
+        layout=raw.get("layout", "NHWC"),
+        input_name=raw.get("input", {}).get("name", "image"),
+        output_name=raw.get("output", {}).get("name", ""),
+        resolutions=tuple(raw.get("resolutions", ())),
+        default_resolution=raw.get("default_resolution", 128),
+        preprocessing=Preprocessing(
+            raw.get("default_resolution", 128),
+            float(prep.get("mean", [127.0])[0]),
+            float(prep.get("std", [128.0])[0]),
+            float(prep.get("crop_fraction", 0.875)),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed manifest of a models folder.
+
+    >>> m = Manifest.load()
+    >>> m.find(cut="latent", format="onnx", precision="fp32").layout
+    'NCHW'
+    """
+
+    root: Path
+    model: str
+    source: dict[str, Any]
+    artifacts: tuple[Artifact, ...]
+
+    @classmethod
+    def load(cls, root: str | os.PathLike[str] | None = None) -> Manifest:
+        """Read ``manifest.json`` from ``root`` (default: :func:`default_models_dir`)."""
+        folder = Path(root) if root is not None else default_models_dir()
+        path = folder / "manifest.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ManifestError(
+                f"no manifest at {path}: pass --models DIR or set EDGE_CL_MODELS"
+            ) from e
+        except (OSError, json.JSONDecodeError) as e:
+            raise ManifestError(f"cannot read {path}: {e}") from e
+        if raw.get("format_version") != MANIFEST_VERSION:
+            raise ManifestError(
+                f"{path} has format_version {raw.get('format_version')!r}; this edge_cl reads "
+                f"version {MANIFEST_VERSION}"
+            )
+        try:
+            artifacts = tuple(_artifact(a, folder) for a in raw["artifacts"])
+            return cls(folder, raw["model"], raw["source"], artifacts)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ManifestError(f"{path} is malformed ({e!r}): re-export the models") from e
+
+    def find(
+        self,
+        cut: str = "latent",
+        format: str | None = None,
+        precision: str | None = None,
+    ) -> Artifact:
+        """The first artifact matching the filters (``None`` matches anything)."""
+        for a in self.artifacts:
+            if a.cut == cut and format in (None, a.format) and precision in (None, a.precision):
+                return a
+        have = ", ".join(a.name for a in self.artifacts)
+        raise ManifestError(
+            f"no artifact with cut={cut!r} format={format!r} precision={precision!r} in "
+            f"{self.root}; available: {have}. Build other variants with "
+            "scripts/export_models.py --all"
+        )
+
+    def head(self) -> Artifact:
+        """The numpy head (layers above the latent cut)."""
+        return self.find(cut="head", format="npz")

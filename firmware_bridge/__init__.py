@@ -1,0 +1,1 @@
+"""The boundary to the hardware: camera sources and the serial protocol to the companion MCU."""
