@@ -25,3 +25,23 @@ class ChecksumError(ManifestError):
 
 class BackendUnavailableError(EdgeClError):
     """A runtime, execution provider or delegate was asked for but is not installed here."""
+
+
+class LabelError(EdgeClError, ValueError):
+    """A label is unusable: unknown to the learner, of an unsupported type, empty or too long."""
+
+
+class NotFittedError(EdgeClError):
+    """A learner was asked to predict before it learned anything."""
+
+
+class CheckpointError(EdgeClError):
+    """A checkpoint is corrupt, truncated, of another format version or another extractor."""
+
+
+class DatasetError(EdgeClError):
+    """A dataset folder or filelist is missing, malformed or names files that do not exist."""
+
+
+class ProtocolError(EdgeClError):
+    """A serial frame or message breaks the MCU protocol (bad CRC, version, type, length)."""

@@ -1,0 +1,1 @@
+"""Learners trained above the frozen extractor's cut, in pure numpy."""

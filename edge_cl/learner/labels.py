@@ -1,0 +1,108 @@
+"""Arbitrary user labels (strings or ints) <-> dense class indices used by the numpy heads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from edge_cl.errors import LabelError
+
+Label = str | int
+MAX_LABEL_LENGTH = 64
+
+
+def check_label(label: object) -> Label:
+    """Validate one label: a non-empty str of at most 64 characters, or an int (not bool)."""
+    if isinstance(label, np.integer):
+        label = int(label)
+    if isinstance(label, bool) or not isinstance(label, str | int):
+        raise LabelError(f"a label must be a str or an int, got {type(label).__name__}")
+    if isinstance(label, str) and not 0 < len(label) <= MAX_LABEL_LENGTH:
+        raise LabelError(f"a label must have 1 to {MAX_LABEL_LENGTH} characters, got {len(label)}")
+    return label
+
+
+class LabelMap:
+    """Maps labels to dense indices in order of first appearance; indices are never reused.
+
+    A forgotten label keeps its index slot retired, so stored weights never change meaning.
+
+    >>> m = LabelMap()
+    >>> m.fit(["cup", "pen", "cup"]).tolist()
+    [0, 1, 0]
+    >>> m.labels
+    ['cup', 'pen']
+    """
+
+    def __init__(self) -> None:
+        self._index: dict[Label, int] = {}
+        self._labels: list[Label | None] = []
+
+    @property
+    def labels(self) -> list[Label]:
+        """Known (not forgotten) labels in index order."""
+        return [lab for lab in self._labels if lab is not None]
+
+    @property
+    def size(self) -> int:
+        """Number of index slots ever used (forgotten ones included)."""
+        return len(self._labels)
+
+    def __contains__(self, label: object) -> bool:
+        return label in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def fit(self, labels: Iterable[object]) -> np.ndarray:
+        """Indices of ``labels``, adding the new ones."""
+        out = []
+        for raw in labels:
+            label = check_label(raw)
+            if label not in self._index:
+                self._index[label] = len(self._labels)
+                self._labels.append(label)
+            out.append(self._index[label])
+        return np.asarray(out, dtype=np.int64)
+
+    def transform(self, labels: Iterable[object]) -> np.ndarray:
+        """Indices of known labels; ``LabelError`` for an unknown one."""
+        try:
+            return np.asarray([self._index[check_label(x)] for x in labels], dtype=np.int64)
+        except KeyError as e:
+            raise LabelError(f"unknown label {e.args[0]!r}; known: {self.labels}") from e
+
+    def inverse(self, indices: Sequence[int] | np.ndarray) -> list[Label]:
+        """Labels of indices."""
+        out = []
+        for i in np.asarray(indices).tolist():
+            lab = self._labels[i] if 0 <= i < len(self._labels) else None
+            if lab is None:
+                raise LabelError(f"no label at index {i}")
+            out.append(lab)
+        return out
+
+    def remove(self, label: object) -> int:
+        """Forget ``label``; returns its retired index."""
+        key = check_label(label)
+        if key not in self._index:
+            raise LabelError(f"unknown label {key!r}; known: {self.labels}")
+        index = self._index.pop(key)
+        self._labels[index] = None
+        return index
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        return {"labels": list(self._labels)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> LabelMap:
+        """Rebuild from :meth:`state_dict`."""
+        m = cls()
+        for i, lab in enumerate(state["labels"]):
+            m._labels.append(lab)
+            if lab is not None:
+                m._index[check_label(lab)] = i
+        return m
