@@ -12,7 +12,7 @@ class EdgeClError(Exception):
 
 
 class FrameError(EdgeClError, ValueError):
-    """A camera frame or image batch cannot be used (wrong dtype, shape, channels, empty)."""
+    """A frame, image batch or latent batch cannot be used (wrong dtype, shape, empty, NaN)."""
 
 
 class ManifestError(EdgeClError):

@@ -19,6 +19,18 @@ from edge_cl.errors import FrameError, ManifestError
 from edge_cl.manifest import Artifact
 from edge_cl.preprocess import read_image
 
+HEAD_KEYS = ("conv_head.weight", "bn.gamma", "bn.beta", "bn.mean", "bn.var", "bn.eps")
+
+
+def head_arrays(artifact: Artifact) -> dict[str, np.ndarray]:
+    """The raw arrays of the verified head ``.npz`` (conv_head weight (1280, 320), BN, FC)."""
+    try:
+        with np.load(artifact.verify()) as z:
+            arrays = {k: z[k] for k in (*HEAD_KEYS, "fc.weight", "fc.bias")}
+    except (KeyError, ValueError, OSError) as e:
+        raise ManifestError(f"{artifact.path} is not a valid head file: {e}") from e
+    return arrays
+
 
 @dataclass(frozen=True)
 class PretrainedHead:
@@ -39,18 +51,15 @@ class PretrainedHead:
     @classmethod
     def load(cls, artifact: Artifact) -> PretrainedHead:
         """Read the head from its verified ``.npz`` artifact."""
-        try:
-            with np.load(artifact.verify()) as z:
-                scale = z["bn.gamma"] / np.sqrt(z["bn.var"] + z["bn.eps"])
-                return cls(
-                    conv=np.ascontiguousarray(z["conv_head.weight"].T),
-                    scale=scale.astype(np.float32),
-                    shift=(z["bn.beta"] - z["bn.mean"] * scale).astype(np.float32),
-                    fc_weight=np.ascontiguousarray(z["fc.weight"].T),
-                    fc_bias=z["fc.bias"],
-                )
-        except (KeyError, ValueError, OSError) as e:
-            raise ManifestError(f"{artifact.path} is not a valid head file: {e}") from e
+        z = head_arrays(artifact)
+        scale = z["bn.gamma"] / np.sqrt(z["bn.var"] + z["bn.eps"])
+        return cls(
+            conv=np.ascontiguousarray(z["conv_head.weight"].T),
+            scale=scale.astype(np.float32),
+            shift=(z["bn.beta"] - z["bn.mean"] * scale).astype(np.float32),
+            fc_weight=np.ascontiguousarray(z["fc.weight"].T),
+            fc_bias=z["fc.bias"],
+        )
 
     def pool(self, latent: np.ndarray) -> np.ndarray:
         """``(N, h, w, 320)`` latents -> ``(N, 1280)`` pooled features."""

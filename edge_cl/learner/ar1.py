@@ -1,0 +1,639 @@
+"""AR1* with latent replay (Lomonaco, Maltoni, Pellegrini), in pure numpy.
+
+The extractor below the latent cut is frozen. Above it the learner trains, per incremental batch:
+
+- depth ``"latent"``: conv_head 1x1 (320->1280, from the pretrained head) -> Batch Renormalization
+  -> ReLU6 -> global average pool -> output layer without bias;
+- depth ``"pool"``: the output layer alone, on pooled 1280-d features (pure CWR*).
+
+CWR* on the output layer: consolidated weights ``cw`` and per-class pattern counts ``past``. Before
+a batch the output layer is zeroed and ``cw`` loaded for the classes present (new + replayed);
+after it, for each such class ``w = W[c] - mean(W[present])`` and
+``cw[c] = (cw[c] * a + w) / (a + 1)`` with ``a = sqrt(past[c] / cur[c])`` (or ``cw[c] = w`` for a
+new class); inference uses ``cw``. Latent replay: each minibatch mixes new patterns with patterns
+from a bounded, compressed memory (:class:`~edge_cl.learner.replay.ReplayMemory`). Optional
+Synaptic Intelligence on the trainable latent layers. Batch Renormalization keeps the running
+statistics usable on long streams of small non-i.i.d. batches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_cl.errors import CheckpointError, FrameError, LabelError, NotFittedError
+from edge_cl.learner.checkpoint import load_state, save_state
+from edge_cl.learner.labels import Label, LabelMap
+from edge_cl.learner.layers import (
+    SGD,
+    BatchRenorm,
+    Conv1x1,
+    GlobalAvgPool,
+    Layer,
+    Linear,
+    ReLU6,
+    softmax,
+    softmax_cross_entropy,
+)
+from edge_cl.learner.replay import ReplayMemory
+
+LATENT_CHANNELS = 320
+POOL_CHANNELS = 1280
+
+
+@dataclass(frozen=True)
+class AR1Config:
+    """Hyperparameters of :class:`AR1Star` (see ``docs/results`` for how they were chosen)."""
+
+    depth: str = "latent"
+    epochs: int = 4
+    minibatch: int = 128
+    lr_first: float = 1e-3
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    cwr: bool = True
+    train_latent_layers: bool = True
+    replay_mb: float = 8.0
+    replay_codec: str = "uint8"
+    replay_policy: str = "uniform"
+    replay_per_epoch: int | None = None
+    brn: bool = True
+    brn_momentum_first: float = 0.01
+    brn_momentum: float = 5e-5
+    r_max: float = 1.25
+    d_max: float = 0.5
+    si_lambda: float = 0.0
+    si_max_importance: float = 1e-3
+    unknown_threshold: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.depth not in ("latent", "pool"):
+            raise ValueError(f"depth must be 'latent' or 'pool', got {self.depth!r}")
+        for name in ("epochs", "minibatch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_first", "lr", "replay_mb", "weight_decay", "si_lambda"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.unknown_threshold <= 1.0:
+            raise ValueError(f"unknown_threshold must be in [0, 1], got {self.unknown_threshold}")
+
+
+class AR1Star:
+    """AR1* continual learner: ``partial_fit`` one small batch at a time, ``predict`` any time.
+
+    ``head`` holds the pretrained arrays above the latent cut (``edge_cl.imagenet.head_arrays``);
+    without it the conv_head starts from a random init. ``extractor_sha256`` ties checkpoints to
+    the extractor whose latents they were trained on.
+
+    >>> rng = np.random.default_rng(0)
+    >>> learner = AR1Star(depth="pool", epochs=2, replay_mb=1)
+    >>> x = rng.normal(size=(40, 1280)).astype(np.float32)
+    >>> x[:20] += 1.0
+    >>> learner = learner.partial_fit(x, ["cup"] * 20 + ["pen"] * 20)
+    >>> learner.predict(x[:3]), learner.classes_
+    (['cup', 'cup', 'cup'], ['cup', 'pen'])
+    """
+
+    kind = "AR1Star"
+
+    def __init__(
+        self,
+        head: dict[str, np.ndarray] | None = None,
+        extractor_sha256: str | None = None,
+        config: AR1Config | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.config = replace(config or self.default_config(), **overrides)
+        self.extractor_sha256 = extractor_sha256
+        self.labels = LabelMap()
+        self.batches_seen = 0
+        self.rng = np.random.default_rng(self.config.seed)
+        self.latent = self._latent_layers(head) if self.config.depth == "latent" else []
+        self.output = Linear(POOL_CHANNELS, 0, weight=np.zeros((POOL_CHANNELS, 0), np.float32))
+        self.cw = np.zeros((POOL_CHANNELS, 0), np.float32)
+        self.past = np.zeros(0, np.int64)
+        self.memory: ReplayMemory | None = None
+        if self.config.replay_mb > 0:
+            self.memory = ReplayMemory(
+                int(self.config.replay_mb * 2**20),
+                self.config.replay_codec,
+                self.config.replay_policy,
+                seed=self.config.seed,
+            )
+        self.si_importance: dict[str, np.ndarray] = {}
+        self.si_anchor: dict[str, np.ndarray] = {}
+        self.last_update_flops = 0
+        self.total_flops = 0
+
+    @classmethod
+    def default_config(cls) -> AR1Config:
+        """The configuration this learner class starts from (subclasses change it)."""
+        return AR1Config()
+
+    # ------------------------------------------------------------------------------- model
+    def _latent_layers(self, head: dict[str, np.ndarray] | None) -> list[Layer]:
+        c = self.config
+        if head is None:
+            conv = Conv1x1(LATENT_CHANNELS, POOL_CHANNELS, rng=np.random.default_rng(c.seed))
+            norm = BatchRenorm(POOL_CHANNELS, momentum=c.brn_momentum_first)
+        else:
+            conv = Conv1x1(
+                LATENT_CHANNELS,
+                POOL_CHANNELS,
+                weight=np.ascontiguousarray(head["conv_head.weight"].T, dtype=np.float32),
+            )
+            norm = BatchRenorm(
+                POOL_CHANNELS,
+                gamma=head["bn.gamma"].astype(np.float32),
+                beta=head["bn.beta"].astype(np.float32),
+                running_mean=head["bn.mean"].astype(np.float32),
+                running_var=head["bn.var"].astype(np.float32),
+                eps=float(head["bn.eps"]),
+                momentum=c.brn_momentum_first,
+            )
+        return [conv, norm, ReLU6(), GlobalAvgPool()]
+
+    @property
+    def classes_(self) -> list[Label]:
+        """Known labels, in the order of ``predict_proba``'s columns."""
+        return self.labels.labels
+
+    def _features(self, x: np.ndarray, train: bool) -> np.ndarray:
+        for layer in self.latent:
+            x = layer.forward(x, train)
+        return x
+
+    def _trainable(self) -> list[Layer]:
+        latent = self.latent[:2] if self.config.train_latent_layers else []
+        return [*latent, self.output]
+
+    def _check_input(self, x: object) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise FrameError(f"latents must be a numpy array, got {type(x).__name__}")
+        if self.config.depth == "latent":
+            if x.ndim != 4 or x.shape[-1] != LATENT_CHANNELS:
+                raise FrameError(
+                    f"depth 'latent' takes (N, h, w, {LATENT_CHANNELS}) latents, got {x.shape}"
+                )
+        elif x.ndim != 2 or x.shape[1] != POOL_CHANNELS:
+            raise FrameError(f"depth 'pool' takes (N, {POOL_CHANNELS}) features, got {x.shape}")
+        if x.shape[0] == 0:
+            raise FrameError("empty batch: pass at least one pattern")
+        x = np.asarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise FrameError("latents hold NaN or infinite values")
+        return x
+
+    def _grow(self, slots: int) -> None:
+        extra = slots - self.cw.shape[1]
+        if extra > 0:
+            pad = np.zeros((POOL_CHANNELS, extra), np.float32)
+            self.cw = np.concatenate([self.cw, pad], axis=1)
+            self.past = np.concatenate([self.past, np.zeros(extra, np.int64)])
+            self.output = Linear(POOL_CHANNELS, slots, weight=self.cw.copy())
+
+    # ---------------------------------------------------------------------------- learning
+    def partial_fit(self, latents: np.ndarray, labels: Sequence[object]) -> AR1Star:
+        """Learn one incremental batch (new classes may appear in any batch)."""
+        x = self._check_input(latents)
+        labels = list(labels)
+        if len(labels) != len(x):
+            raise LabelError(f"{len(x)} patterns but {len(labels)} labels")
+        probe = LabelMap.from_state_dict(self.labels.state_dict())
+        probe.fit(labels)  # validates every label before anything changes
+        y = self.labels.fit(labels)
+        self._grow(self.labels.size)
+        replay_x, replay_y = self._replay_set()
+        present = np.unique(np.concatenate([y, replay_y]))
+        cur = np.bincount(np.concatenate([y, replay_y]), minlength=self.labels.size)
+        first = self.batches_seen == 0
+        self._begin_batch(present, first)
+        flops = self._train(
+            x, y, replay_x, replay_y, self.config.lr_first if first else self.config.lr
+        )
+        self._end_batch(present, cur)
+        if self.memory is not None:
+            self.memory.add(x, y, self.batches_seen)
+        self.batches_seen += 1
+        self.last_update_flops = flops
+        self.total_flops += flops
+        return self
+
+    def _replay_set(self) -> tuple[np.ndarray | None, np.ndarray]:
+        if self.memory is None or len(self.memory) == 0:
+            return None, np.zeros(0, np.int64)
+        n = len(self.memory)
+        per_epoch = self.config.replay_per_epoch
+        if per_epoch is None or per_epoch >= n:
+            return self.memory.all()
+        return self.memory.sample(per_epoch)
+
+    def _begin_batch(self, present: np.ndarray, first: bool) -> None:
+        c = self.config
+        if c.cwr:
+            w = np.zeros_like(self.cw)
+            w[:, present] = self.cw[:, present]
+            self.output.params["weight"][...] = w
+        if len(self.latent) > 1:
+            norm = self.latent[1]
+            assert isinstance(norm, BatchRenorm)
+            if not c.brn:
+                norm.r_max, norm.d_max, norm.ramp_per_sample = 1.0, 0.0, 0.0
+                norm.momentum = c.brn_momentum_first
+            elif first:
+                norm.momentum = c.brn_momentum_first
+                norm.r_max, norm.d_max = 1.0, 0.0
+                norm.ramp_per_sample = 1e-4
+                norm.r_max_limit, norm.d_max_limit = c.r_max, c.d_max
+            else:
+                norm.momentum = c.brn_momentum
+                norm.r_max, norm.d_max, norm.ramp_per_sample = c.r_max, c.d_max, 0.0
+        if c.si_lambda > 0:
+            self._si_start = {k: p.copy() for k, p in self._si_params().items()}
+            self._si_path = {k: np.zeros_like(p) for k, p in self._si_start.items()}
+
+    def _minibatches(self, n_new: int, n_replay: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Index chunks: each minibatch mixes about B * N / (N + R) new with the rest replayed."""
+        b = self.config.minibatch
+        count = max(1, (n_new + n_replay) // b)
+        count = min(count, n_new)
+        new = np.array_split(self.rng.permutation(n_new), count)
+        old = np.array_split(self.rng.permutation(n_replay), count)
+        yield from zip(new, old, strict=True)
+
+    def _train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        replay_x: np.ndarray | None,
+        replay_y: np.ndarray,
+        lr: float,
+    ) -> int:
+        c = self.config
+        sgd = SGD(lr, c.momentum, c.weight_decay)
+        trainable = self._trainable()
+        slots = self.labels.size
+        flops = 0
+        for _ in range(c.epochs):
+            for new_idx, old_idx in self._minibatches(len(x), len(replay_y)):
+                if replay_x is not None and len(old_idx):
+                    xb = np.concatenate([x[new_idx], replay_x[old_idx]])
+                    yb = np.concatenate([y[new_idx], replay_y[old_idx]])
+                else:
+                    xb, yb = x[new_idx], y[new_idx]
+                feats = self._features(xb, train=c.train_latent_layers)
+                logits = self.output.forward(feats, train=True)
+                _, dlogits = softmax_cross_entropy(logits, yb)
+                dfeat = self.output.backward(dlogits)
+                if c.train_latent_layers:
+                    for layer in reversed(self.latent):
+                        dfeat = layer.backward(dfeat)
+                if c.si_lambda > 0:
+                    self._si_penalty_grads()
+                before = self._si_params() if c.si_lambda > 0 else {}
+                before = {k: v.copy() for k, v in before.items()}
+                sgd.step(trainable)
+                if c.si_lambda > 0:
+                    self._si_accumulate(before)
+                flops += self._train_flops(xb.shape, slots, c.train_latent_layers)
+        return flops
+
+    def _train_flops(self, shape: tuple[int, ...], slots: int, deep: bool) -> int:
+        """Forward FLOPs x3 (forward + backward) for the trained layers, x1 for frozen ones."""
+        n = shape[0]
+        out = 2 * n * POOL_CHANNELS * slots
+        if self.config.depth == "pool":
+            return 3 * out
+        hw = shape[1] * shape[2]
+        conv = 2 * n * hw * LATENT_CHANNELS * POOL_CHANNELS
+        return 3 * (conv + out) if deep else conv + 3 * out
+
+    def _end_batch(self, present: np.ndarray, cur: np.ndarray) -> None:
+        if self.config.cwr:
+            w = self.output.params["weight"]
+            g = float(w[:, present].mean())
+            for cls in present:
+                centred = w[:, cls] - g
+                if self.past[cls] > 0:
+                    a = np.sqrt(self.past[cls] / cur[cls])
+                    self.cw[:, cls] = (self.cw[:, cls] * a + centred) / (a + 1)
+                else:
+                    self.cw[:, cls] = centred
+        else:
+            self.cw = self.output.params["weight"].copy()
+        self.past += cur.astype(np.int64)
+        if self.config.si_lambda > 0:
+            self._si_consolidate()
+
+    # --------------------------------------------------------------- synaptic intelligence
+    def _si_params(self) -> dict[str, np.ndarray]:
+        if not self.config.train_latent_layers:
+            return {}
+        return {
+            f"{i}.{name}": p
+            for i, layer in enumerate(self.latent[:2])
+            for name, p in layer.params.items()
+        }
+
+    def _si_penalty_grads(self) -> None:
+        lam = self.config.si_lambda
+        for i, layer in enumerate(self.latent[:2]):
+            for name, p in layer.params.items():
+                key = f"{i}.{name}"
+                if key in self.si_importance:
+                    layer.grads[name] += lam * self.si_importance[key] * (p - self.si_anchor[key])
+
+    def _si_accumulate(self, before: dict[str, np.ndarray]) -> None:
+        for i, layer in enumerate(self.latent[:2]):
+            for name, p in layer.params.items():
+                key = f"{i}.{name}"
+                self._si_path[key] -= layer.grads[name] * (p - before[key])
+
+    def _si_consolidate(self) -> None:
+        for key, p in self._si_params().items():
+            delta = p - self._si_start[key]
+            gain = self._si_path[key] / (delta**2 + 1e-7)
+            total = self.si_importance.get(key, np.zeros_like(p)) + gain
+            self.si_importance[key] = np.clip(total, 0.0, self.config.si_max_importance)
+            self.si_anchor[key] = p.copy()
+
+    # ---------------------------------------------------------------------------- predicting
+    def decision_function(self, latents: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """Logits over ``classes_`` (forgotten classes dropped), computed in chunks."""
+        if len(self.labels) == 0:
+            raise NotFittedError("the learner has not learned any class yet: call partial_fit")
+        x = self._check_input(latents)
+        live = self.labels.transform(self.labels.labels)
+        w = self.cw[:, live]
+        outs = [self._features(x[i : i + chunk], train=False) @ w for i in range(0, len(x), chunk)]
+        return np.concatenate(outs)
+
+    def predict_proba(self, latents: np.ndarray) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``."""
+        return softmax(self.decision_function(latents))
+
+    def predict(self, latents: np.ndarray) -> list[Label]:
+        """The most likely known label of each pattern."""
+        return self.labels.inverse(self._live_index(self.decision_function(latents).argmax(1)))
+
+    def predict_with_confidence(
+        self, latents: np.ndarray
+    ) -> tuple[list[Label], np.ndarray, np.ndarray]:
+        """Labels, their probability, and an ``unknown`` mask (probability < threshold)."""
+        p = self.predict_proba(latents)
+        best = p.argmax(1)
+        conf = p[np.arange(len(p)), best]
+        return (
+            self.labels.inverse(self._live_index(best)),
+            conf,
+            conf < self.config.unknown_threshold,
+        )
+
+    def calibrate_unknown(self, latents: np.ndarray, accept: float = 0.95) -> float:
+        """Set the unknown threshold so that ``accept`` of these known-class patterns pass."""
+        if not 0 < accept <= 1:
+            raise ValueError(f"accept must be in (0, 1], got {accept}")
+        conf = self.predict_proba(latents).max(1)
+        threshold = float(np.quantile(conf, 1 - accept))
+        self.config = replace(self.config, unknown_threshold=threshold)
+        return threshold
+
+    def _live_index(self, columns: np.ndarray) -> np.ndarray:
+        live: np.ndarray = self.labels.transform(self.labels.labels)[columns]
+        return live
+
+    # ----------------------------------------------------------------------------- forgetting
+    def forget(self, label: object) -> None:
+        """Drop a class: its CWR* weights, its counts and its replay patterns."""
+        index = self.labels.remove(label)
+        self.cw[:, index] = 0.0
+        self.past[index] = 0
+        if self.memory is not None:
+            self.memory.forget(index)
+
+    # ------------------------------------------------------------------------------- footprint
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the learner's arrays (weights, CWR* state, SI state, replay memory)."""
+        arrays: list[np.ndarray] = [self.cw, self.past, *self.si_importance.values()]
+        arrays += self.si_anchor.values()
+        for layer in self.latent:
+            arrays += list(layer.state_dict().values())
+        memory = self.memory.nbytes if self.memory is not None else 0
+        return memory + sum(a.nbytes for a in arrays)
+
+    # --------------------------------------------------------------------------- checkpoints
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Write the whole state atomically (see :mod:`edge_cl.learner.checkpoint`)."""
+        arrays: dict[str, np.ndarray] = {"cw": self.cw, "past": self.past}
+        for i, layer in enumerate(self.latent):
+            for name, a in layer.state_dict().items():
+                arrays[f"latent.{i}.{name}"] = a
+        for key, a in self.si_importance.items():
+            arrays[f"si.importance.{key}"] = a
+        for key, a in self.si_anchor.items():
+            arrays[f"si.anchor.{key}"] = a
+        arrays.update(self._extra_arrays())
+        memory_meta: dict[str, Any] | None = None
+        if self.memory is not None:
+            memory_meta = {}
+            for name, value in self.memory.state_dict().items():
+                if isinstance(value, np.ndarray):
+                    arrays[f"replay.{name}"] = value
+                else:
+                    memory_meta[name] = value
+        meta = {
+            "kind": self.kind,
+            "extractor_sha256": self.extractor_sha256,
+            "config": asdict(self.config),
+            "labels": self.labels.state_dict(),
+            "batches_seen": self.batches_seen,
+            "rng": self.rng.bit_generator.state,
+            "replay": memory_meta,
+            "total_flops": self.total_flops,
+        }
+        return save_state(path, meta, arrays)
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays a subclass adds to its checkpoint."""
+        return {}
+
+    def _load_extra(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`_extra_arrays` saved."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], extractor_sha256: str | None = None) -> AR1Star:
+        """A new learner from a checkpoint; ``CheckpointError`` if it is unusable.
+
+        Pass the current extractor's sha256 to refuse a checkpoint made with another extractor.
+        """
+        meta, arrays = load_state(Path(path), kind=cls.kind, extractor_sha256=extractor_sha256)
+        try:
+            names = {f.name for f in fields(AR1Config)}
+            config = AR1Config(**{k: v for k, v in meta["config"].items() if k in names})
+            learner = cls(extractor_sha256=meta["extractor_sha256"], config=config)
+            learner.labels = LabelMap.from_state_dict(meta["labels"])
+            learner.batches_seen = int(meta["batches_seen"])
+            learner.rng.bit_generator.state = meta["rng"]
+            learner.total_flops = int(meta["total_flops"])
+            learner.cw = arrays["cw"].astype(np.float32)
+            learner.past = arrays["past"].astype(np.int64)
+            learner.output = Linear(POOL_CHANNELS, learner.cw.shape[1], weight=learner.cw.copy())
+            for i, layer in enumerate(learner.latent):
+                prefix = f"latent.{i}."
+                layer.load_state_dict(
+                    {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+                )
+            for kind, target in (
+                ("importance", learner.si_importance),
+                ("anchor", learner.si_anchor),
+            ):
+                prefix = f"si.{kind}."
+                target.update(
+                    {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+                )
+            if meta["replay"] is not None:
+                state = dict(meta["replay"])
+                state.update({k[7:]: v for k, v in arrays.items() if k.startswith("replay.")})
+                learner.memory = ReplayMemory.from_state_dict(state)
+            learner._load_extra(arrays)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path} does not hold a usable {cls.kind} state: {e}") from e
+        return learner
+
+
+class CWRStar(AR1Star):
+    """CWR*: only the output layer learns (latent layers stay pretrained), no replay.
+
+    >>> CWRStar(depth="pool").config.replay_mb
+    0.0
+    """
+
+    kind = "CWRStar"
+
+    @classmethod
+    def default_config(cls) -> AR1Config:
+        return AR1Config(train_latent_layers=False, replay_mb=0.0)
+
+
+class NaiveFineTune(AR1Star):
+    """Naive fine-tuning: plain SGD on each batch, no CWR*, no replay (forgets catastrophically).
+
+    >>> NaiveFineTune(depth="pool").config.cwr
+    False
+    """
+
+    kind = "NaiveFineTune"
+
+    @classmethod
+    def default_config(cls) -> AR1Config:
+        return AR1Config(cwr=False, replay_mb=0.0)
+
+
+class Cumulative(AR1Star):
+    """The "retrain and redeploy" reference: after every batch, retrain from the pretrained
+    starting point on everything seen so far (kept as float32 latents), i.i.d. shuffled.
+
+    Its compute and memory grow with the stream; continual learners are measured against it.
+
+    >>> rng = np.random.default_rng(0)
+    >>> learner = Cumulative(depth="pool", epochs=2)
+    >>> x = rng.normal(size=(20, 1280)).astype(np.float32)
+    >>> learner.partial_fit(x, ["a"] * 20).partial_fit(x + 1, ["b"] * 20).classes_
+    ['a', 'b']
+    """
+
+    kind = "Cumulative"
+
+    def __init__(
+        self,
+        head: dict[str, np.ndarray] | None = None,
+        extractor_sha256: str | None = None,
+        config: AR1Config | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__(head, extractor_sha256, config, **overrides)
+        self._head = head
+        self.seen_x: list[np.ndarray] = []
+        self.seen_y: list[np.ndarray] = []
+
+    @classmethod
+    def default_config(cls) -> AR1Config:
+        return AR1Config(cwr=False, replay_mb=0.0)
+
+    def partial_fit(self, latents: np.ndarray, labels: Sequence[object]) -> Cumulative:
+        """Store the batch, then retrain from scratch on all stored patterns."""
+        self.add(latents, labels)
+        self.retrain()
+        return self
+
+    def add(self, latents: np.ndarray, labels: Sequence[object]) -> None:
+        """Store a batch without retraining (the study retrains only where it evaluates)."""
+        x = self._check_input(latents)
+        labels = list(labels)
+        if len(labels) != len(x):
+            raise LabelError(f"{len(x)} patterns but {len(labels)} labels")
+        LabelMap.from_state_dict(self.labels.state_dict()).fit(labels)
+        self.seen_x.append(x.copy())
+        self.seen_y.append(self.labels.fit(labels))
+        self.batches_seen += 1
+        self._grow(self.labels.size)
+
+    def retrain_flops(self) -> int:
+        """FLOPs of one retrain on everything stored now (epochs x all patterns)."""
+        if not self.seen_x:
+            return 0
+        shape = (sum(len(x) for x in self.seen_x), *self.seen_x[0].shape[1:])
+        deep = self.config.train_latent_layers
+        return self.config.epochs * self._train_flops(shape, self.labels.size, deep)
+
+    def retrain(self) -> None:
+        """Reset the head to its starting point and train on everything seen so far."""
+        if not self.seen_x:
+            return
+        x, y = np.concatenate(self.seen_x), np.concatenate(self.seen_y)
+        self.latent = self._latent_layers(self._head) if self.config.depth == "latent" else []
+        slots = self.labels.size
+        self.output = Linear(
+            POOL_CHANNELS, slots, weight=np.zeros((POOL_CHANNELS, slots), np.float32)
+        )
+        self._begin_batch(np.unique(y), first=True)
+        flops = self._train(x, y, None, np.zeros(0, np.int64), self.config.lr_first)
+        self.cw = self.output.params["weight"].copy()
+        self.past = np.bincount(y, minlength=slots).astype(np.int64)
+        self.last_update_flops = flops
+        self.total_flops += flops
+
+    def forget(self, label: object) -> None:
+        """Drop a class and every stored pattern of it (the next retrain no longer sees it)."""
+        index = self.labels.transform([label])[0]
+        super().forget(label)
+        keep = [yy != index for yy in self.seen_y]
+        self.seen_x = [xx[k] for xx, k in zip(self.seen_x, keep, strict=True)]
+        self.seen_y = [yy[k] for yy, k in zip(self.seen_y, keep, strict=True)]
+
+    @property
+    def nbytes(self) -> int:
+        """Weights plus every stored latent (what cumulative retraining must keep)."""
+        return super().nbytes + sum(a.nbytes for a in self.seen_x + self.seen_y)
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {f"init.{k}": v for k, v in (self._head or {}).items()}
+        if self.seen_x:
+            arrays["seen.x"] = np.concatenate(self.seen_x)
+            arrays["seen.y"] = np.concatenate(self.seen_y)
+        return arrays
+
+    def _load_extra(self, arrays: dict[str, np.ndarray]) -> None:
+        head = {k[5:]: v for k, v in arrays.items() if k.startswith("init.")}
+        self._head = head or None
+        if "seen.x" in arrays:
+            self.seen_x, self.seen_y = [arrays["seen.x"]], [arrays["seen.y"].astype(np.int64)]

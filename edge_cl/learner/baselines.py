@@ -1,0 +1,388 @@
+"""Classical continual-learning baselines on frozen pooled features: NCM and Deep SLDA.
+
+Both learn from per-class running statistics, so any batch size (one pattern included) and any
+class order work without replay or gradient steps, and learning one batch after another gives the
+same model, to rounding, as learning their union (for SLDA: with its streaming covariance).
+
+They take pooled ``(n, d)`` features (``d = 1280`` for EfficientNet-Lite0: the extractor's
+``pool`` cut, or :meth:`edge_cl.imagenet.PretrainedHead.pool` on latents) and share the learner
+API of :class:`~edge_cl.learner.ar1.AR1Star`: ``partial_fit``, ``predict``, ``predict_proba``,
+``decision_function``, ``classes_``, ``forget``, ``nbytes``, plus ``state_dict`` /
+``from_state_dict``.
+
+A state dict holds numpy arrays and JSON-able values only; split it into the two to store it with
+:func:`edge_cl.learner.checkpoint.save_state`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from edge_cl.errors import CheckpointError, FrameError, LabelError, NotFittedError
+from edge_cl.learner.labels import Label, LabelMap
+
+STATE_VERSION = 1
+
+_L = TypeVar("_L", bound="_ClassMeanLearner")
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+class _ClassMeanLearner(ABC):
+    """Labels, per-class counts and running means, input checks and the shared API."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.labels = LabelMap()
+        self.n_features: int | None = None
+        self.batches_seen = 0
+        self._means = np.zeros((0, 0), np.float64)  # (slots, d): running mean per label index
+        self._counts = np.zeros(0, np.int64)  # (slots,): patterns learned per label index
+        self._version = 0  # bumped on every change of the model, keys the score caches
+
+    # ------------------------------------------------------------------------------ input
+    def _check_features(self, x: object) -> np.ndarray:
+        """``x`` as a float64 (n, d) array, or a ``FrameError`` saying what to pass instead."""
+        try:
+            arr = np.asarray(x)
+        except ValueError as e:
+            raise FrameError(f"features must be a numeric (n, d) array: {e}") from e
+        if arr.dtype.kind not in "fiu":
+            raise FrameError(f"features must be a numeric (n, d) array, got dtype {arr.dtype}")
+        if arr.ndim != 2:
+            hint = (
+                ": (n, h, w, c) latents must be pooled first (the extractor's 'pool' cut, or "
+                "edge_cl.imagenet.PretrainedHead.pool)"
+                if arr.ndim == 4
+                else ""
+            )
+            raise FrameError(f"features must have shape (n, d), got {arr.shape}{hint}")
+        if arr.shape[0] == 0:
+            raise FrameError("empty batch: pass at least one pattern")
+        if self.n_features is not None and arr.shape[1] != self.n_features:
+            raise FrameError(
+                f"features have {arr.shape[1]} dimensions but this learner was fitted on "
+                f"{self.n_features}: use the same extractor cut as for training"
+            )
+        if arr.shape[1] == 0:
+            raise FrameError("features must have at least one dimension, got shape (n, 0)")
+        out = arr.astype(np.float64)
+        if not np.isfinite(out).all():
+            raise FrameError("features hold NaN or infinite values: check the extractor output")
+        return out
+
+    def _check_labels(self, y: Iterable[object], n: int) -> tuple[LabelMap, np.ndarray]:
+        """A copy of the label map with ``y`` added, and the indices of ``y``; nothing changes."""
+        if isinstance(y, str | bytes):
+            raise LabelError("labels must be a sequence with one label per pattern, got a str")
+        try:
+            labels = list(y)
+        except TypeError as e:
+            raise LabelError(f"labels must be a sequence of str or int: {e}") from e
+        if len(labels) != n:
+            raise LabelError(f"{n} patterns but {len(labels)} labels: pass one label per pattern")
+        probe = LabelMap.from_state_dict(self.labels.state_dict())
+        return probe, probe.fit(labels)
+
+    def _check_fitted(self) -> None:
+        if len(self.labels) == 0:
+            raise NotFittedError("the learner knows no class yet: call partial_fit first")
+
+    # ---------------------------------------------------------------------------- learning
+    def partial_fit(self: _L, X: np.ndarray, y: Iterable[object]) -> _L:
+        """Learn one incremental batch; new classes may appear in any batch.
+
+        Everything is checked before anything changes, so a refused batch leaves the model as
+        it was.
+        """
+        x = self._check_features(X)
+        labels, idx = self._check_labels(y, len(x))
+        self._learn(x, idx, labels)
+        self.labels = labels
+        self.n_features = x.shape[1]
+        self.batches_seen += 1
+        self._version += 1
+        return self
+
+    def _merge_means(
+        self, x: np.ndarray, idx: np.ndarray, slots: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """New means and counts; for the covariance also each pattern's row in the batch class
+        means, those means, and the per-class shifts ``(m_b - m_a) * sqrt(n_a n_b / (n_a + n_b))``.
+
+        Chan et al.'s parallel merge: with ``n_a`` patterns of mean ``m_a`` and a batch of ``n_b``
+        of mean ``m_b``, the mean moves by ``n_b / (n_a + n_b) * (m_b - m_a)``.
+        """
+        d = x.shape[1]
+        means = np.zeros((slots, d), np.float64)
+        counts = np.zeros(slots, np.int64)
+        old = len(self._counts)
+        means[:old] = self._means.reshape(old, d)
+        counts[:old] = self._counts
+        classes, inverse, n_b = np.unique(idx, return_inverse=True, return_counts=True)
+        sums = np.zeros((len(classes), d), np.float64)
+        np.add.at(sums, inverse, x)
+        batch_mean = sums / n_b[:, None]
+        n_a = counts[classes]
+        total = n_a + n_b
+        shift = batch_mean - means[classes]
+        means[classes] += shift * (n_b / total)[:, None]
+        counts[classes] = total
+        return means, counts, inverse, batch_mean, shift * np.sqrt(n_a * n_b / total)[:, None]
+
+    def _learn(self, x: np.ndarray, idx: np.ndarray, labels: LabelMap) -> None:
+        self._means, self._counts, *_ = self._merge_means(x, idx, labels.size)
+
+    # -------------------------------------------------------------------------- predicting
+    @property
+    def classes_(self) -> list[Label]:
+        """Known labels, in the order of ``predict_proba``'s columns."""
+        return self.labels.labels
+
+    def _live(self) -> np.ndarray:
+        return self.labels.transform(self.labels.labels)
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Scores ``(n, n_classes)`` over ``classes_``: higher is more likely."""
+        self._check_fitted()
+        return self._scores(self._check_features(X))
+
+    @abstractmethod
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        """Scores of checked features over the live classes."""
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Softmax of :meth:`decision_function`; rows sum to 1, columns follow ``classes_``."""
+        return _softmax(self.decision_function(X))
+
+    def predict(self, X: np.ndarray) -> list[Label]:
+        """The best-scoring known label of each pattern."""
+        best = self.decision_function(X).argmax(axis=1)
+        return self.labels.inverse(self._live()[best])
+
+    @property
+    def means_(self) -> np.ndarray:
+        """Class means ``(n_classes, d)`` float64, rows in the order of ``classes_``."""
+        out: np.ndarray = self._means[self._live()]
+        return out
+
+    @property
+    def counts_(self) -> np.ndarray:
+        """Patterns learned per class, in the order of ``classes_``."""
+        out: np.ndarray = self._counts[self._live()]
+        return out
+
+    # ------------------------------------------------------------------------- forgetting
+    def forget(self, label: object) -> None:
+        """Drop a class: its mean and count are erased and it is never predicted again.
+
+        Its index stays retired; learning the same label later starts a fresh class.
+        """
+        index = self.labels.remove(label)
+        self._means[index] = 0.0
+        self._counts[index] = 0
+        self._version += 1
+
+    # -------------------------------------------------------------------------- footprint
+    def _arrays(self) -> list[np.ndarray]:
+        return [self._means, self._counts]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the model's arrays (statistics and any cached scoring arrays)."""
+        return sum(a.nbytes for a in self._arrays())
+
+    # ------------------------------------------------------------------------------ state
+    def _params(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state: numpy arrays (copies) and JSON-able values."""
+        return {
+            "kind": self.kind,
+            "version": STATE_VERSION,
+            "params": self._params(),
+            "labels": self.labels.state_dict(),
+            "n_features": self.n_features,
+            "batches_seen": self.batches_seen,
+            "means": self._means.copy(),
+            "counts": self._counts.copy(),
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.labels = LabelMap.from_state_dict(state["labels"])
+        self.n_features = None if state["n_features"] is None else int(state["n_features"])
+        self.batches_seen = int(state["batches_seen"])
+        slots, d = self.labels.size, self.n_features or 0
+        self._means = _array(state["means"], np.float64, (slots, d), "means")
+        self._counts = _array(state["counts"], np.int64, (slots,), "counts")
+
+    @classmethod
+    def from_state_dict(cls: type[_L], state: dict[str, Any]) -> _L:
+        """Rebuild a learner from :meth:`state_dict` (``CheckpointError`` if it does not fit)."""
+        if state.get("kind") != cls.kind:
+            raise CheckpointError(f"the state holds a {state.get('kind')!r}, not a {cls.kind!r}")
+        if state.get("version") != STATE_VERSION:
+            raise CheckpointError(
+                f"the state has version {state.get('version')}; this edge_cl reads {STATE_VERSION}"
+            )
+        try:
+            learner = cls(**state["params"])
+            learner._load(state)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"the state is not a usable {cls.kind}: {e!r}") from e
+        return learner
+
+
+def _array(value: object, dtype: type[np.generic], shape: tuple[int, ...], name: str) -> np.ndarray:
+    arr = np.array(value, dtype=dtype)
+    if arr.shape != shape:
+        raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
+    return arr
+
+
+class NearestClassMean(_ClassMeanLearner):
+    """Nearest class mean: predict the class whose running mean is closest (Euclidean).
+
+    ``predict_proba`` is the softmax of the negative Euclidean distances (temperature 1): a
+    monotone confidence, not a calibrated probability. ``forget`` touches no other class, so the
+    remaining classes' predictions do not change.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(40, 8)).astype(np.float32)
+    >>> x[:20] += 3.0
+    >>> ncm = NearestClassMean().partial_fit(x[:20], ["cup"] * 20).partial_fit(x[20:], [7] * 20)
+    >>> ncm.predict(x[[0, 39]]), ncm.classes_
+    (['cup', 7], ['cup', 7])
+    >>> ncm.predict_proba(x[:2]).sum(axis=1).round(6).tolist()
+    [1.0, 1.0]
+    """
+
+    kind = "NearestClassMean"
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        """Negative Euclidean distances to the live class means."""
+        means = self._means[self._live()]
+        sq = (x * x).sum(axis=1)[:, None] - 2.0 * x @ means.T + (means * means).sum(axis=1)
+        out: np.ndarray = -np.sqrt(np.maximum(sq, 0.0))
+        return out
+
+
+class StreamingLDA(_ClassMeanLearner):
+    """Deep Streaming LDA (Hayes & Kanan, CVPR-W 2020): class means + one shared covariance.
+
+    Scores are ``x @ (Lambda @ mu_k) - 0.5 * mu_k @ Lambda @ mu_k`` with the precision
+    ``Lambda = inv((1 - shrinkage) * Sigma + shrinkage * I)``; ``predict_proba`` is their softmax,
+    which is the LDA posterior under equal class priors (the shared quadratic term cancels).
+
+    ``Sigma`` is the pooled within-class covariance ``S / n``: ``S`` is the sum over classes of
+    the scatter of each class around its own mean, ``n`` the patterns it holds. A batch is merged
+    with Chan et al.'s parallel update, per class ``S += S_batch + n_a * n_b / (n_a + n_b) *
+    (m_b - m_a)(m_b - m_a)^T``; this equals, to rounding, the per-pattern online rule
+    ``S += c / (c + 1) * (x - mu_y)(x - mu_y)^T`` (``c``: the class's count before ``x``) applied
+    to the same patterns in any order, and the offline pooled within-class covariance. The
+    reference code of the paper weights that rule by the total count ``t / (t + 1)`` instead of
+    ``c / (c + 1)``, which is not the within-class covariance (a new class's first pattern adds
+    its full outer product); this class keeps the exact statistic.
+
+    With ``streaming_covariance=False`` the covariance is fixed after the first batch (the
+    paper's base-initialisation variant); the means keep learning. The covariance is float64;
+    the precision is recomputed lazily, only when the covariance changed since it was last
+    computed (a ``d = 1280`` inverse takes about 0.1 s), and scoring runs in float32. ``forget``
+    erases the class's mean and count; its past contribution to the shared covariance (its
+    within-class spread, no trace of its location) stays.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(60, 8)) @ rng.normal(size=(8, 8))
+    >>> y = ["cup", "pen", "key"] * 20
+    >>> x[0::3] += 4.0
+    >>> x[1::3] -= 4.0
+    >>> slda = StreamingLDA().partial_fit(x[:30], y[:30]).partial_fit(x[30:], y[30:])
+    >>> slda.predict(x[:3]), slda.classes_
+    (['cup', 'pen', 'key'], ['cup', 'pen', 'key'])
+    """
+
+    kind = "StreamingLDA"
+
+    def __init__(self, shrinkage: float = 1e-4, streaming_covariance: bool = True) -> None:
+        if not 0.0 < shrinkage <= 1.0:
+            raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
+        super().__init__()
+        self.shrinkage = float(shrinkage)
+        self.streaming_covariance = bool(streaming_covariance)
+        self._scatter = np.zeros((0, 0), np.float64)  # (d, d) pooled within-class scatter S
+        self._n_cov = 0  # patterns that S sums over
+        self._cov_version = 0  # bumped when S changes, keys the precision cache
+        self._precision: np.ndarray | None = None
+        self._precision_version = -1
+        self._weights: tuple[np.ndarray, np.ndarray] | None = None  # float32 (d, K), (K,)
+        self._weights_version = -1
+
+    def _params(self) -> dict[str, Any]:
+        return {"shrinkage": self.shrinkage, "streaming_covariance": self.streaming_covariance}
+
+    def _learn(self, x: np.ndarray, idx: np.ndarray, labels: LabelMap) -> None:
+        means, counts, inverse, batch_mean, weighted_shift = self._merge_means(x, idx, labels.size)
+        if self.streaming_covariance or self.batches_seen == 0:
+            centred = x - batch_mean[inverse]
+            scatter = centred.T @ centred + weighted_shift.T @ weighted_shift
+            if self._n_cov:
+                scatter += self._scatter
+            self._scatter = scatter
+            self._n_cov += len(x)
+            self._cov_version += 1
+        self._means, self._counts = means, counts
+
+    @property
+    def covariance_(self) -> np.ndarray:
+        """The shared covariance ``Sigma`` (d, d) float64, before shrinkage."""
+        self._check_fitted()
+        out: np.ndarray = self._scatter / self._n_cov
+        return out
+
+    def _current_precision(self) -> np.ndarray:
+        if self._precision is None or self._precision_version != self._cov_version:
+            d = self._scatter.shape[0]
+            shrunk = (1.0 - self.shrinkage) * (self._scatter / self._n_cov)
+            shrunk[np.diag_indices(d)] += self.shrinkage
+            self._precision = np.linalg.inv(shrunk)
+            self._precision_version = self._cov_version
+        return self._precision
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        if self._weights is None or self._weights_version != self._version:
+            means = self._means[self._live()]
+            w = self._current_precision() @ means.T
+            bias = 0.5 * (means.T * w).sum(axis=0)
+            self._weights = (w.astype(np.float32), bias.astype(np.float32))
+            self._weights_version = self._version
+        w32, bias32 = self._weights
+        out: np.ndarray = x.astype(np.float32) @ w32 - bias32
+        return out
+
+    def _arrays(self) -> list[np.ndarray]:
+        cached = [] if self._precision is None else [self._precision]
+        if self._weights is not None:
+            cached += list(self._weights)
+        return [*super()._arrays(), self._scatter, *cached]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state (caches excluded): numpy arrays (copies) and JSON-able values."""
+        return {**super().state_dict(), "scatter": self._scatter.copy(), "n_cov": self._n_cov}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        super()._load(state)
+        self._n_cov = int(state["n_cov"])
+        d = self.n_features or 0
+        self._scatter = _array(
+            state["scatter"], np.float64, (d, d) if self._n_cov else (0, 0), "scatter"
+        )

@@ -1,0 +1,139 @@
+"""One versioned, checksummed, atomically written file for a learner's whole state.
+
+Layout (little-endian)::
+
+    magic      8 bytes   b"EDGECLCK"
+    version    uint32    FORMAT_VERSION
+    meta_len   uint32    length of the JSON metadata
+    data_len   uint64    length of the array bytes
+    sha256     32 bytes  of meta + data
+    meta       JSON      {"kind", "extractor_sha256", ..., "arrays": {name: [dtype, shape, offset]}}
+    data       raw C-order array bytes, back to back
+
+A file is written to a temporary name in the same folder, fsynced, renamed over the target and
+the folder fsynced, so a crash at any point leaves either the old or the new checkpoint. Reading
+checks magic, version, lengths and checksum before anything is built, so a truncated, bit-flipped,
+foreign or wrong-extractor file is refused with a ``CheckpointError`` and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_cl.errors import CheckpointError
+
+MAGIC = b"EDGECLCK"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<8sIIQ32s")
+MAX_META_BYTES = 64 << 20
+
+
+def save_state(
+    path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> int:
+    """Write ``meta`` (JSON-able) and ``arrays`` atomically to ``path``; returns bytes written.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "state.ckpt"
+    >>> n = save_state(p, {"kind": "demo"}, {"w": np.arange(3.0)})
+    >>> load_state(p, kind="demo")[1]["w"].tolist()
+    [0.0, 1.0, 2.0]
+    """
+    index: dict[str, list[Any]] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for name, arr in arrays.items():
+        a = np.asarray(arr, order="C")
+        if a.dtype.hasobject:
+            raise CheckpointError(f"array {name!r} has dtype object and cannot be saved")
+        index[name] = [a.dtype.str, list(a.shape), offset]
+        chunks.append(a.tobytes())
+        offset += a.nbytes
+    meta_bytes = json.dumps({**meta, "arrays": index}, sort_keys=True).encode()
+    data = b"".join(chunks)
+    digest = hashlib.sha256(meta_bytes + data).digest()
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(meta_bytes), len(data), digest)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.write(meta_bytes)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return _HEADER.size + len(meta_bytes) + len(data)
+
+
+def load_state(
+    path: str | os.PathLike[str],
+    kind: str | None = None,
+    extractor_sha256: str | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and verify a checkpoint; returns ``(meta, arrays)``.
+
+    ``kind`` and ``extractor_sha256``, when given, must match what the file records.
+    """
+    p = Path(path)
+    try:
+        blob = p.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {p}: {e}") from e
+    if len(blob) < _HEADER.size:
+        raise CheckpointError(f"{p} is truncated ({len(blob)} bytes): not a complete checkpoint")
+    magic, version, meta_len, data_len, digest = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise CheckpointError(f"{p} is not an edge_cl checkpoint (bad magic {magic!r})")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p} has checkpoint format version {version}; this edge_cl reads version "
+            f"{FORMAT_VERSION}"
+        )
+    expected = _HEADER.size + meta_len + data_len
+    if meta_len > MAX_META_BYTES or len(blob) != expected:
+        raise CheckpointError(
+            f"{p} is truncated or padded: {len(blob)} bytes, header says {expected}"
+        )
+    body = memoryview(blob)[_HEADER.size :]
+    if hashlib.sha256(body).digest() != digest:
+        raise CheckpointError(f"{p} is corrupt: checksum mismatch")
+    try:
+        meta = json.loads(bytes(body[:meta_len]))
+        data = body[meta_len:]
+        arrays = {}
+        for name, (dtype, shape, offset) in meta.pop("arrays").items():
+            dt = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            if offset < 0 or offset + count * dt.itemsize > len(data):
+                raise ValueError(f"array {name!r} lies outside the data")
+            arr = np.frombuffer(data, dt, count, offset).reshape(shape)
+            arrays[name] = arr.copy()
+    except (ValueError, TypeError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{p} has malformed metadata: {e}") from e
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"{p} holds a {meta.get('kind')!r}, not a {kind!r}")
+    if extractor_sha256 is not None and meta.get("extractor_sha256") != extractor_sha256:
+        raise CheckpointError(
+            f"{p} was made with extractor {str(meta.get('extractor_sha256'))[:16]}..., not the "
+            f"loaded one ({extractor_sha256[:16]}...): its latents mean something else. Start a "
+            "new state or load the matching model"
+        )
+    return meta, arrays

@@ -1,0 +1,630 @@
+"""An emulated companion MCU speaking the serial protocol, so the host runs without hardware.
+
+It plays the firmware's part of ``PROTOCOL.md``: it answers every host request with an ACK,
+answers the host's HELLO with its own, sends the requests its (scripted) buttons would send,
+waiting for their ACKs and retrying like firmware would, and records every frame it sends and
+receives (in memory and, optionally, as JSON lines in a file).
+
+It talks over a pseudo-terminal, whose slave path the host opens with pyserial exactly like a
+real ``/dev/ttyACM0``, or over any pyserial URL or device. As a process::
+
+    python -m firmware_bridge.emulator --pty --record frames.jsonl \\
+        --script "connect; teach cup 2.0; forget mug; save; wait 1"
+
+prints the device path on its first stdout line, runs the script, then a JSON summary, and exits
+1 if a request went unanswered. See ``SCRIPT_HELP`` for the script commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import random
+import select
+import shlex
+import signal
+import struct
+import sys
+import termios
+import threading
+import time
+import tty
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import serial
+
+from edge_cl.errors import ProtocolError
+from firmware_bridge.protocol import (
+    DELIMITER,
+    Ack,
+    Decoder,
+    DecoderStats,
+    Forget,
+    Frame,
+    Hello,
+    Message,
+    MsgType,
+    Nack,
+    Port,
+    Save,
+    TeachStart,
+    TeachStop,
+    encode,
+    needs_ack,
+    next_seq,
+    read_available,
+    to_dict,
+)
+
+DEFAULT_HELLO = Hello(
+    "edge-cl-emu", (1, 0, 0), buttons=3, leds=2, display_width=128, display_height=64
+)
+"""The capabilities the emulator announces unless told otherwise."""
+
+MAX_GARBAGE = 4096
+
+_COMMANDS = {
+    "hello": ("hello", "send HELLO, wait for its ACK"),
+    "connect": ("connect [SECONDS=5]", "wait for the host's HELLO (answered with ACK + HELLO)"),
+    "teach": ("teach LABEL [SECONDS=2]", "hold teach: TEACH_START, wait SECONDS, TEACH_STOP"),
+    "start": ("start LABEL", "press teach: TEACH_START"),
+    "stop": ("stop", "press stop: TEACH_STOP"),
+    "forget": ("forget LABEL", "FORGET the class LABEL"),
+    "save": ("save", "SAVE"),
+    "wait": ("wait SECONDS", "keep answering the host for SECONDS"),
+    "garbage": ("garbage COUNT", "COUNT random bytes then 0x00 (line noise, reset mid-frame)"),
+}
+_SYNTAX = {name: syntax for name, (syntax, _) in _COMMANDS.items()}
+
+SCRIPT_HELP = "\n".join(
+    [
+        "script: commands separated by ';' or newlines, '#' starts a comment, quote labels"
+        " with spaces.",
+        *(f"  {syntax:<25}{what}" for syntax, what in _COMMANDS.values()),
+        "Every request waits for the host's ACK/NACK, resent with the same seq on timeout.",
+    ]
+)
+
+
+class FdPort:
+    """A ``Port`` over a raw file descriptor, such as the master end of a pseudo-terminal.
+
+    ``read`` waits at most ``timeout`` seconds for data. ``write`` gives up after
+    ``write_timeout`` seconds if nobody drains the other end (a UART would lose those bytes
+    too) and counts what it could not write in ``dropped``. The caller owns the descriptor.
+
+    >>> read_end, write_end = os.pipe()
+    >>> port, peer = FdPort(read_end), FdPort(write_end)
+    >>> peer.write(b"\\x01\\x02"), port.in_waiting, port.read(8), port.read(8)
+    (2, 2, b'\\x01\\x02', b'')
+    >>> os.close(read_end); os.close(write_end)
+    """
+
+    def __init__(self, fd: int, *, timeout: float = 0.05, write_timeout: float = 1.0) -> None:
+        self.fd = fd
+        self.timeout = timeout
+        self.write_timeout = write_timeout
+        self.dropped = 0
+        os.set_blocking(fd, False)
+
+    @property
+    def in_waiting(self) -> int:
+        """Bytes readable now without waiting."""
+        count = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
+        return int(struct.unpack("i", count)[0])
+
+    def read(self, size: int = 1) -> bytes:
+        """Up to ``size`` bytes, or ``b""`` if none came within ``timeout``."""
+        ready, _, _ = select.select([self.fd], [], [], self.timeout)
+        if not ready:
+            return b""
+        try:
+            return os.read(self.fd, size)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            time.sleep(self.timeout)  # a pty whose other end is closed: wait for a reopen
+            return b""
+
+    def write(self, data: bytes) -> int:
+        """Write ``data``; returns how many bytes went out before ``write_timeout``."""
+        view = memoryview(data)
+        written = 0
+        deadline = time.monotonic() + self.write_timeout
+        while written < len(view):
+            try:
+                written += os.write(self.fd, view[written:])
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([], [self.fd], [], remaining)[1]:
+                    break
+        self.dropped += len(view) - written
+        return written
+
+
+@dataclass(frozen=True)
+class Command:
+    """One step of an emulator script, as ``parse_script`` reads it (see ``SCRIPT_HELP``).
+
+    >>> Command("teach", label="cup", seconds=2.0)
+    Command(name='teach', label='cup', seconds=2.0, count=0)
+    """
+
+    name: str
+    label: str = ""
+    seconds: float = 0.0
+    count: int = 0
+
+
+def _parse_step(tokens: list[str], where: str) -> Command:
+    name, args = tokens[0].lower(), tokens[1:]
+    if name not in _SYNTAX:
+        raise ProtocolError(f"{where}: unknown command {name!r}, expected one of {list(_SYNTAX)}")
+    params = _SYNTAX[name].split()[1:]
+    required = [param for param in params if not param.startswith("[")]
+    if not len(required) <= len(args) <= len(params):
+        raise ProtocolError(f"{where}: expected `{_SYNTAX[name]}`")
+    values: dict[str, str] = {}
+    for index, param in enumerate(params):
+        key, _, default = param.strip("[]").partition("=")
+        values[key] = args[index] if index < len(args) else default
+    label = values.get("LABEL", "")
+    if "LABEL" in values:
+        try:
+            TeachStart(label)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{where}: {exc}") from exc
+    try:
+        seconds = float(values.get("SECONDS", "0"))
+        count = int(values.get("COUNT", "0"))
+    except ValueError as exc:
+        raise ProtocolError(f"{where}: {exc}; expected `{_SYNTAX[name]}`") from exc
+    if not (math.isfinite(seconds) and seconds >= 0 and 0 <= count <= MAX_GARBAGE):
+        raise ProtocolError(f"{where}: SECONDS must be >= 0, COUNT in [0, {MAX_GARBAGE}]")
+    return Command(name, label, seconds, count)
+
+
+def parse_script(text: str) -> list[Command]:
+    """The commands of an emulator script; raises ProtocolError naming the line that is wrong.
+
+    >>> parse_script("hello; teach 'coffee cup' 1.5  # hold for 1.5 s\\nsave")
+    [Command(name='hello', label='', seconds=0.0, count=0), \
+Command(name='teach', label='coffee cup', seconds=1.5, count=0), \
+Command(name='save', label='', seconds=0.0, count=0)]
+    """
+    commands: list[Command] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";")
+        lexer.whitespace_split = True
+        try:
+            tokens = list(lexer)
+        except ValueError as exc:
+            raise ProtocolError(f"script line {number}: {exc}: {line!r}") from exc
+        step: list[str] = []
+        for token in [*tokens, ";"]:
+            if token != ";":
+                step.append(token)
+            elif step:
+                commands.append(_parse_step(step, f"script line {number}, {' '.join(step)!r}"))
+                step = []
+    return commands
+
+
+class Emulator:
+    """A companion MCU on ``port``: answers the host, runs scripts, records every frame.
+
+    ``start`` launches a reader thread that ACKs host requests (re-ACKing duplicates without
+    counting them twice) and answers the host's HELLO with ``hello``; scripts and the action
+    methods (``teach``, ``save``, ...) send requests and wait up to ``ack_timeout`` for the
+    answer, resending the same frame up to ``retries`` times. ``record`` names a JSON-lines file
+    for every frame; ``seed`` makes ``garbage`` reproducible. ``close`` (or leaving the ``with``
+    block) stops the threads and closes what the emulator opened.
+
+    >>> import serial
+    >>> from firmware_bridge.protocol import SerialLink
+    >>> with Emulator.over_pty() as mcu, serial.Serial(mcu.device_path, timeout=0.05) as port:
+    ...     mcu.start()
+    ...     host = SerialLink(port, auto_ack=True)
+    ...     answer = host.request(Hello("edge_cl"))
+    ...     their_hello = host.receive(timeout=2.0)
+    >>> answer, their_hello.message.firmware_name
+    (Ack(seq=0), 'edge-cl-emu')
+    >>> [(record["dir"], record["type"]) for record in mcu.records][:3]
+    [('rx', 'HELLO'), ('tx', 'ACK'), ('tx', 'HELLO')]
+    """
+
+    def __init__(
+        self,
+        port: Port,
+        *,
+        hello: Hello = DEFAULT_HELLO,
+        ack_timeout: float = 0.5,
+        retries: int = 2,
+        record: str | Path | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.port = port
+        self.hello_message = hello
+        self.ack_timeout = ack_timeout
+        self.retries = retries
+        self.device_path: str | None = None
+        """The pseudo-terminal the host should open (``over_pty``), else None."""
+        self.timeouts = 0
+        """Requests that got no ACK/NACK, plus ``connect`` steps that saw no host HELLO."""
+        self.duplicates = 0
+        """Host requests received again with the same seq (re-ACKed, not acted on twice)."""
+        self.port_error: OSError | None = None
+        self._decoder = Decoder()
+        self._random = random.Random(seed)
+        self._seq = 0
+        self._write_lock = threading.Lock()
+        self._answered = threading.Condition()
+        self._pending: set[int] = set()
+        self._answers: dict[int, Ack | Nack] = {}
+        self._last_request: tuple[int, MsgType] | None = None
+        self._host_hello = threading.Event()
+        self._stop = threading.Event()
+        self._log_lock = threading.Lock()
+        self._records: list[dict[str, Any]] = []
+        self._received: list[Frame] = []
+        self._threads: list[threading.Thread] = []
+        self._script_thread: threading.Thread | None = None
+        self._resources = contextlib.ExitStack()
+        self._record_path = None if record is None else Path(record)
+        if self._record_path is not None:
+            self._record_path.write_text("", encoding="utf-8")
+        self._t0 = time.monotonic()
+
+    @classmethod
+    def over_pty(cls, **options: Any) -> Emulator:
+        """An emulator on a new pseudo-terminal; the host opens ``device_path``."""
+        master, slave = os.openpty()
+        try:
+            tty.setraw(slave)  # no echo, no newline translation: bytes pass unchanged
+            emulator = cls(FdPort(master), **options)
+        except BaseException:
+            os.close(master)
+            os.close(slave)
+            raise
+        emulator.device_path = os.ttyname(slave)
+        emulator._resources.callback(os.close, master)
+        emulator._resources.callback(os.close, slave)  # held open so reads see no hang-up
+        return emulator
+
+    @classmethod
+    def over_url(cls, url: str, *, baudrate: int = 115200, **options: Any) -> Emulator:
+        """An emulator on a serial device or pyserial URL (``/dev/ttyUSB0``, ``socket://...``)."""
+        port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.05)
+        try:
+            emulator = cls(port, **options)
+        except BaseException:
+            port.close()
+            raise
+        emulator._resources.callback(port.close)
+        return emulator
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every frame sent (``"dir": "tx"``) and received (``"rx"``) so far, as JSON dicts."""
+        with self._log_lock:
+            return list(self._records)
+
+    @property
+    def received(self) -> list[Frame]:
+        """Every frame received from the host so far."""
+        with self._log_lock:
+            return list(self._received)
+
+    @property
+    def decoder_stats(self) -> DecoderStats:
+        """What the emulator's decoder accepted and dropped."""
+        return self._decoder.stats
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for a run: frames sent and received, timeouts, duplicates, decoder drops."""
+        records = self.records
+        return {
+            "sent": sum(record["dir"] == "tx" for record in records),
+            "received": sum(record["dir"] == "rx" for record in records),
+            "timeouts": self.timeouts,
+            "duplicates": self.duplicates,
+            "decoder": self._decoder.stats.as_dict(),
+            "port_error": None if self.port_error is None else str(self.port_error),
+        }
+
+    def start(self, script: str | Sequence[Command] | None = None) -> None:
+        """Start answering the host and, if given, run ``script`` in a thread; returns at once.
+
+        Like a booting MCU, first writes a lone 0x00 so the host drops any partial frame.
+        """
+        commands = parse_script(script) if isinstance(script, str) else script
+        self._write(DELIMITER)
+        reader = threading.Thread(target=self._read_loop, name="mcu-emulator-reader", daemon=True)
+        self._threads.append(reader)
+        reader.start()
+        if commands is not None:
+            self._script_thread = threading.Thread(
+                target=self.run_script, args=(commands,), name="mcu-emulator-script", daemon=True
+            )
+            self._threads.append(self._script_thread)
+            self._script_thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the script ``start`` launched; True once it has finished."""
+        if self._script_thread is not None:
+            self._script_thread.join(timeout)
+        return self._script_thread is None or not self._script_thread.is_alive()
+
+    def run_script(self, script: str | Sequence[Command]) -> None:
+        """Run ``script`` in this thread, after ``start``; stops early when the emulator stops."""
+        for command in parse_script(script) if isinstance(script, str) else script:
+            if self._stop.is_set():
+                return
+            self.run_command(command)
+
+    def run_command(self, command: Command) -> None:
+        """Carry out one script step."""
+        match command.name:
+            case "hello":
+                self.hello()
+            case "connect":
+                self.connect(command.seconds)
+            case "teach":
+                self.teach(command.label, command.seconds)
+            case "start":
+                self.teach_start(command.label)
+            case "stop":
+                self.teach_stop()
+            case "forget":
+                self.forget(command.label)
+            case "save":
+                self.save()
+            case "wait":
+                self.wait(command.seconds)
+            case "garbage":
+                self.send_garbage(command.count)
+            case _:
+                raise ProtocolError(f"unknown emulator command {command.name!r}")
+
+    def hello(self) -> Ack | Nack | None:
+        """Send HELLO (as after a reboot); the answer, or None if none came."""
+        return self._request(self.hello_message)
+
+    def connect(self, timeout: float = 5.0) -> bool:
+        """Wait until the host has sent HELLO since ``start``; False (a timeout) if it did not."""
+        deadline = time.monotonic() + timeout
+        while not self._host_hello.is_set() and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.timeouts += 1
+                return False
+            self._host_hello.wait(min(remaining, 0.05))
+        return self._host_hello.is_set()
+
+    def teach(self, label: str, seconds: float = 2.0) -> None:
+        """Hold the teach button for ``seconds``: TEACH_START ``label``, wait, TEACH_STOP."""
+        self.teach_start(label)
+        self.wait(seconds)
+        self.teach_stop()
+
+    def teach_start(self, label: str) -> Ack | Nack | None:
+        """Press teach for ``label``: TEACH_START; the answer, or None."""
+        return self._request(TeachStart(label))
+
+    def teach_stop(self) -> Ack | Nack | None:
+        """Press stop: TEACH_STOP; the answer, or None."""
+        return self._request(TeachStop())
+
+    def forget(self, label: str) -> Ack | Nack | None:
+        """FORGET ``label``; the answer, or None."""
+        return self._request(Forget(label))
+
+    def save(self) -> Ack | Nack | None:
+        """SAVE; the answer, or None."""
+        return self._request(Save())
+
+    def wait(self, seconds: float | None) -> None:
+        """Keep answering the host for ``seconds`` (None: until stopped)."""
+        self._stop.wait(seconds)
+
+    def send(self, message: Message) -> int:
+        """Send ``message`` without waiting for an answer; returns its seq."""
+        with self._write_lock:
+            seq = self._seq
+            self._seq = next_seq(seq)
+        self._write(encode(message, seq))
+        self._record("tx", Frame(seq, message))
+        return seq
+
+    def send_garbage(self, count: int) -> None:
+        """Send ``count`` random bytes then 0x00: noise the host must drop and survive."""
+        self._write(self._random.randbytes(count) + DELIMITER)
+
+    def stop(self) -> None:
+        """Ask the threads to stop (safe from a signal handler); ``close`` waits for them."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Stop, wait for the threads, close what the emulator opened (its pty or port)."""
+        self.stop()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+        self._resources.close()
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _write(self, data: bytes) -> None:
+        with self._write_lock:
+            self.port.write(data)
+
+    def _request(self, message: Message) -> Ack | Nack | None:
+        with self._write_lock:
+            seq = self._seq
+            self._seq = next_seq(seq)
+        frame = encode(message, seq)
+        with self._answered:
+            self._pending.add(seq)
+        try:
+            for _ in range(self.retries + 1):
+                self._write(frame)
+                self._record("tx", Frame(seq, message))
+                with self._answered:
+                    self._answered.wait_for(
+                        lambda: seq in self._answers or self._stop.is_set(), self.ack_timeout
+                    )
+                    if seq in self._answers:
+                        return self._answers[seq]
+                if self._stop.is_set():
+                    return None
+            self.timeouts += 1
+            return None
+        finally:
+            with self._answered:
+                self._pending.discard(seq)
+                self._answers.pop(seq, None)
+
+    def _read_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = read_available(self.port)
+            except OSError as exc:  # the port went away (adapter unplugged)
+                self.port_error = exc
+                self.stop()
+                return
+            for frame in self._decoder.feed(data):
+                self._handle(frame)
+
+    def _handle(self, frame: Frame) -> None:
+        self._record("rx", frame)
+        message = frame.message
+        if isinstance(message, (Ack, Nack)):
+            with self._answered:
+                if message.seq in self._pending:
+                    self._answers[message.seq] = message
+                    self._answered.notify_all()
+            return
+        if not needs_ack(message):
+            return
+        if isinstance(message, Hello):  # a (re)connected host: never a duplicate
+            self._last_request = None
+        elif self._last_request == (frame.seq, message.TYPE):
+            self.duplicates += 1
+            self.send(Ack(frame.seq))
+            return
+        self._last_request = (frame.seq, message.TYPE)
+        self.send(Ack(frame.seq))
+        if isinstance(message, Hello):
+            self._host_hello.set()
+            self.send(self.hello_message)
+
+    def _record(self, direction: str, frame: Frame) -> None:
+        entry = {
+            "t": round(time.monotonic() - self._t0, 4),
+            "dir": direction,
+            "seq": frame.seq,
+            **to_dict(frame.message),
+        }
+        with self._log_lock:
+            self._records.append(entry)
+            if direction == "rx":
+                self._received.append(frame)
+            if self._record_path is not None:  # appended line by line: complete even if killed
+                with self._record_path.open("a", encoding="utf-8") as file:
+                    file.write(json.dumps(entry) + "\n")
+
+
+def _display(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    try:
+        return int(width), int(height)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator as a process; returns the exit status (1: a request went unanswered)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m firmware_bridge.emulator",
+        description="An emulated companion MCU speaking the edge_cl serial protocol.",
+        epilog=SCRIPT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--pty", action="store_true", help="create a pseudo-terminal, print its path first"
+    )
+    where.add_argument("--port", metavar="URL", help="serial device or pyserial URL to use")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--script", help="script text (see below)")
+    what.add_argument("--script-file", type=Path, help="file holding the script")
+    parser.add_argument("--record", type=Path, help="write every frame as a JSON line here")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        help="seconds to keep answering after the script (default 0; no script: until killed)",
+    )
+    parser.add_argument("--ack-timeout", type=float, default=0.5, help="seconds (default 0.5)")
+    parser.add_argument("--retries", type=int, default=2, help="resends of a request (default 2)")
+    parser.add_argument("--name", default=DEFAULT_HELLO.firmware_name, help="firmware name")
+    parser.add_argument("--buttons", type=int, default=DEFAULT_HELLO.buttons, help="in HELLO")
+    parser.add_argument("--leds", type=int, default=DEFAULT_HELLO.leds, help="in HELLO")
+    parser.add_argument(
+        "--display", type=_display, default=(128, 64), metavar="WxH", help="in HELLO (0x0: none)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        text = args.script_file.read_text(encoding="utf-8") if args.script_file else args.script
+        commands = parse_script(text or "")
+        hello = Hello(
+            args.name, DEFAULT_HELLO.firmware_version, args.buttons, args.leds, *args.display
+        )
+    except (OSError, ProtocolError) as exc:
+        parser.error(str(exc))
+    options: dict[str, Any] = {
+        "hello": hello,
+        "ack_timeout": args.ack_timeout,
+        "retries": args.retries,
+        "record": args.record,
+    }
+    try:
+        emulator = (
+            Emulator.over_pty(**options) if args.pty else Emulator.over_url(args.port, **options)
+        )
+    except OSError as exc:
+        parser.exit(1, f"cannot open the port: {exc}\n")
+    with emulator:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: emulator.stop())
+        print(emulator.device_path or args.port, flush=True)
+        emulator.start()
+        emulator.run_script(commands)
+        linger = args.linger if args.linger is not None else (0.0 if commands else None)
+        emulator.wait(linger)
+    summary = emulator.summary()
+    print(json.dumps(summary), flush=True)
+    return 1 if emulator.timeouts or emulator.port_error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

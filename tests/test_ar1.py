@@ -1,0 +1,277 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_cl.backends import open_extractor
+from edge_cl.errors import CheckpointError, LabelError, NotFittedError
+from edge_cl.imagenet import head_arrays
+from edge_cl.learner.ar1 import AR1Star, Cumulative, CWRStar, NaiveFineTune
+from edge_cl.learner.layers import BatchRenorm
+from edge_cl.manifest import Manifest
+from edge_cl.preprocess import read_image
+
+
+def blobs(
+    rng: np.random.Generator, classes: list[int], n: int, shape: tuple[int, ...] = (1280,)
+) -> tuple[np.ndarray, list[str]]:
+    """Separable synthetic patterns: a shared component (as real features have, and what makes
+    a naive learner favour its latest classes) plus a class direction plus noise."""
+    fixed = np.random.default_rng(123)
+    shared = 2.0 * np.abs(fixed.normal(size=shape))
+    centres = fixed.normal(size=(20, *shape))
+    x = np.concatenate([shared + centres[c] + 0.5 * rng.normal(size=(n, *shape)) for c in classes])
+    return x.astype(np.float32), [f"c{c}" for c in classes for _ in range(n)]
+
+
+def accuracy(learner: AR1Star, x: np.ndarray, y: list[str]) -> float:
+    return float(np.mean([a == b for a, b in zip(learner.predict(x), y, strict=True)]))
+
+
+def test_cwr_consolidation_matches_the_formula_by_hand() -> None:
+    learner = AR1Star(depth="pool", replay_mb=0)
+    learner.labels.fit(["a", "b", "c"])
+    learner._grow(3)
+    learner.cw[:] = 0.0
+    learner.cw[:, 0] = 1.0  # class a seen before, 3 patterns
+    learner.past[:] = [3, 0, 5]
+    w = learner.output.params["weight"]
+    w[:] = 0.0
+    w[:, 0], w[:, 1], w[:, 2] = 4.0, 2.0, 9.0  # c is not present: must stay untouched
+    present = np.array([0, 1])
+    cur = np.array([12, 4, 0])
+    learner._end_batch(present, cur)
+    # g = mean(4, 2) = 3; a: w = 1, alpha = sqrt(3 / 12) = 0.5, cw = (1 * 0.5 + 1) / 1.5 = 1
+    # b: new class, cw = 2 - 3 = -1
+    assert np.allclose(learner.cw[:, 0], 1.0)
+    assert np.allclose(learner.cw[:, 1], -1.0)
+    assert np.allclose(learner.cw[:, 2], 0.0)
+    assert learner.past.tolist() == [15, 4, 5]
+    learner.output.params["weight"][:, 0] = 7.0
+    learner.output.params["weight"][:, 1] = 1.0
+    learner._end_batch(present, np.array([15, 4, 0]))
+    # g = 4; a: w = 3, alpha = 1, cw = (1 + 3) / 2 = 2; b: w = -3, alpha = 1, cw = (-1 - 3) / 2
+    assert np.allclose(learner.cw[:, 0], 2.0) and np.allclose(learner.cw[:, 1], -2.0)
+
+
+def test_minibatches_mix_new_and_replay_like_the_reference() -> None:
+    learner = AR1Star(depth="pool")
+    chunks = list(learner._minibatches(300, 1500))
+    assert len(chunks) == 14  # (300 + 1500) // 128
+    assert {len(new) for new, _ in chunks} <= {21, 22}
+    assert {len(old) for _, old in chunks} <= {107, 108}
+    assert sorted(np.concatenate([n for n, _ in chunks]).tolist()) == list(range(300))
+    assert sorted(np.concatenate([o for _, o in chunks]).tolist()) == list(range(1500))
+
+
+@pytest.mark.parametrize("depth", ["pool", "latent"])
+def test_replay_and_cwr_remember_old_classes_where_naive_forgets(depth: str) -> None:
+    rng = np.random.default_rng(0)
+    shape = (1280,) if depth == "pool" else (2, 2, 320)
+    stream = [blobs(rng, [2 * i, 2 * i + 1], 30, shape) for i in range(4)]
+    test_x, test_y = blobs(np.random.default_rng(1), list(range(8)), 10, shape)
+    kw = {"depth": depth, "epochs": 4, "lr_first": 0.003, "lr": 0.003}
+    ar1, naive = AR1Star(replay_mb=2, **kw), NaiveFineTune(**kw)
+    for x, y in stream:
+        ar1.partial_fit(x, y)
+        naive.partial_fit(x, y)
+    assert ar1.classes_ == [f"c{c}" for c in range(8)]
+    assert accuracy(ar1, test_x, test_y) >= 0.9
+    assert accuracy(naive, test_x, test_y) <= 0.5  # only the last batch's classes survive
+
+
+def test_first_batch_ramps_batch_renorm_then_slows_its_statistics() -> None:
+    rng = np.random.default_rng(0)
+    learner = AR1Star(depth="latent", epochs=1, minibatch=16)
+    norm = learner.latent[1]
+    assert isinstance(norm, BatchRenorm)
+    x, y = blobs(rng, [0, 1], 40, (2, 2, 320))
+    learner.partial_fit(x, y)
+    assert 1.0 < norm.r_max <= 1.25 and 0.0 < norm.d_max <= 0.5
+    learner.partial_fit(*blobs(rng, [2], 20, (2, 2, 320)))
+    assert norm.momentum == pytest.approx(5e-5)
+    assert (norm.r_max, norm.d_max) == (1.25, 0.5)
+
+
+def test_forget_drops_weights_counts_and_replay() -> None:
+    rng = np.random.default_rng(0)
+    learner = AR1Star(depth="pool", epochs=2, replay_mb=1)
+    for classes in ([0, 1], [2], [3]):
+        learner.partial_fit(*blobs(rng, classes, 20))
+    assert learner.memory is not None
+    index = learner.labels.transform(["c1"])[0]
+    assert (learner.memory.labels == index).any()
+    learner.forget("c1")
+    assert learner.classes_ == ["c0", "c2", "c3"]
+    assert not (learner.memory.labels == index).any()
+    assert learner.past[index] == 0 and not learner.cw[:, index].any()
+    x, _ = blobs(rng, [1], 10)
+    assert "c1" not in learner.predict(x)
+    assert learner.predict_proba(x).shape == (10, 3)
+    with pytest.raises(LabelError, match="unknown label"):
+        learner.forget("c1")
+    learner.partial_fit(*blobs(rng, [1], 20))  # relearning a forgotten label works
+    assert "c1" in learner.classes_
+
+
+def test_bad_input_is_refused_and_changes_nothing() -> None:
+    learner = AR1Star(depth="pool", epochs=1, replay_mb=1)
+    with pytest.raises(NotFittedError):
+        learner.predict(np.zeros((1, 1280), np.float32))
+    x, y = blobs(np.random.default_rng(0), [0, 1], 10)
+    learner.partial_fit(x, y)
+    before = learner.predict_proba(x)
+    bad_cases = [
+        (np.zeros((4, 1280, 1), np.float32), ["a"] * 4, ValueError),
+        (np.full((2, 1280), np.nan, np.float32), ["a", "b"], ValueError),
+        (np.zeros((0, 1280), np.float32), [], ValueError),
+        (x[:3], ["a", "b"], LabelError),
+        (x[:2], ["ok", 3.5], LabelError),
+        (x[:2], ["ok", "x" * 65], LabelError),
+        (x[:2], ["ok", None], LabelError),
+    ]
+    for bad_x, bad_y, error in bad_cases:
+        with pytest.raises(error):
+            learner.partial_fit(bad_x, bad_y)
+    assert learner.classes_ == ["c0", "c1"] and learner.batches_seen == 1
+    assert np.array_equal(learner.predict_proba(x), before)
+
+
+def train_stream(learner: AR1Star, batches: int, seed: int = 0) -> AR1Star:
+    rng = np.random.default_rng(seed)
+    shape = (2, 2, 320) if learner.config.depth == "latent" else (1280,)
+    for i in range(batches):
+        learner.partial_fit(*blobs(rng, [i % 5, (i + 2) % 5], 12, shape))
+    return learner
+
+
+def test_checkpoint_round_trip_is_bit_identical_mid_stream(tmp_path: Path) -> None:
+    learner = train_stream(AR1Star(depth="latent", epochs=2, replay_mb=1, si_lambda=1.0), 3)
+    norm = learner.latent[1]
+    assert isinstance(norm, BatchRenorm)
+    assert learner.si_importance and learner.memory is not None and len(learner.memory) > 0
+    path = tmp_path / "state.ckpt"
+    learner.save(path)
+    loaded = AR1Star.load(path)
+    probe, _ = blobs(np.random.default_rng(9), [0, 1, 2, 3, 4], 4, (2, 2, 320))
+    assert np.array_equal(learner.predict_proba(probe), loaded.predict_proba(probe))
+    loaded_norm = loaded.latent[1]
+    assert isinstance(loaded_norm, BatchRenorm)
+    assert np.array_equal(norm.running_mean, loaded_norm.running_mean)
+    # continued training is identical too (RNG, replay memory, SI state all restored)
+    train_stream(learner, 2, seed=5)
+    train_stream(loaded, 2, seed=5)
+    assert np.array_equal(learner.predict_proba(probe), loaded.predict_proba(probe))
+    assert learner.total_flops == loaded.total_flops
+
+
+def test_corrupt_checkpoints_are_refused_with_clear_errors(tmp_path: Path) -> None:
+    learner = train_stream(
+        AR1Star(depth="pool", epochs=1, replay_mb=1, extractor_sha256="a" * 64), 2
+    )
+    path = tmp_path / "state.ckpt"
+    learner.save(path)
+    blob = path.read_bytes()
+    cases = {
+        "truncated": blob[: len(blob) // 2],
+        "checksum": blob[:-10] + bytes([blob[-10] ^ 1]) + blob[-9:],
+        "magic": b"NOTEDGE!" + blob[8:],
+        "version": blob[:8] + (99).to_bytes(4, "little") + blob[12:],
+        "truncated \\(": blob[:10],
+    }
+    for message, data in cases.items():
+        bad = tmp_path / f"{len(data)}.ckpt"
+        bad.write_bytes(data)
+        with pytest.raises(CheckpointError, match=message):
+            AR1Star.load(bad)
+    with pytest.raises(CheckpointError, match="extractor"):
+        AR1Star.load(path, extractor_sha256="b" * 64)
+    with pytest.raises(CheckpointError, match="not a 'CWRStar'"):
+        CWRStar.load(path)
+    assert AR1Star.load(path, extractor_sha256="a" * 64).classes_ == learner.classes_
+
+
+def test_saving_over_an_existing_checkpoint_is_atomic(tmp_path: Path) -> None:
+    learner = train_stream(AR1Star(depth="pool", epochs=1, replay_mb=1), 1)
+    path = tmp_path / "state.ckpt"
+    learner.save(path)
+    train_stream(learner, 1, seed=3)
+    learner.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.ckpt"]  # no temporary left behind
+    assert AR1Star.load(path).batches_seen == 2
+
+
+def test_synaptic_intelligence_anchors_the_important_weights() -> None:
+    def weighted_drift(si_lambda: float) -> float:
+        kw = {"epochs": 4, "lr_first": 0.05, "lr": 0.05, "replay_mb": 0}
+        learner = train_stream(AR1Star(depth="latent", si_lambda=1.0, **kw), 2)
+        importance = {k: v.copy() for k, v in learner.si_importance.items()}
+        learner.config = replace(learner.config, si_lambda=si_lambda)
+        start = {k: v.copy() for k, v in learner._si_params().items()}
+        train_stream(learner, 2, seed=7)
+        moved = learner._si_params()
+        return sum(float((importance[k] * np.abs(moved[k] - start[k])).sum()) for k in start)
+
+    learner = train_stream(AR1Star(depth="latent", epochs=3, replay_mb=0, si_lambda=1.0), 2)
+    importance = np.concatenate([v.ravel() for v in learner.si_importance.values()])
+    assert importance.min() >= 0 and importance.max() <= 1e-3 and importance.max() > 0
+    # the penalty halves how far the important weights move (1e4 * 1e-3 * lr stays stable)
+    assert weighted_drift(1e4) < 0.6 * weighted_drift(1e-9)
+
+
+def test_unknown_threshold_flags_low_confidence() -> None:
+    rng = np.random.default_rng(0)
+    learner = AR1Star(depth="pool", epochs=3, lr_first=0.01, replay_mb=0)
+    learner.partial_fit(*blobs(rng, [0, 1, 2], 30))
+    known, _ = blobs(rng, [0, 1, 2], 20)
+    threshold = learner.calibrate_unknown(known, accept=0.9)
+    assert 0 < threshold < 1
+    _, conf, unknown = learner.predict_with_confidence(known)
+    assert unknown.mean() == pytest.approx(0.1, abs=0.05)
+    assert np.array_equal(unknown, conf < threshold)
+
+
+def test_cumulative_retrains_on_everything_and_grows() -> None:
+    rng = np.random.default_rng(0)
+    learner = Cumulative(depth="pool", epochs=3, lr_first=0.01)
+    sizes = []
+    for classes in ([0, 1], [2], [3]):
+        learner.partial_fit(*blobs(rng, classes, 20))
+        sizes.append(learner.nbytes)
+    assert sizes[0] < sizes[1] < sizes[2]
+    test_x, test_y = blobs(np.random.default_rng(1), [0, 1, 2, 3], 10)
+    assert accuracy(learner, test_x, test_y) >= 0.9
+    learner.forget("c0")
+    assert sum(len(y) for y in learner.seen_y) == 60
+
+
+@pytest.fixture(scope="module")
+def coil_latents(datasets: Path, manifest: Manifest) -> tuple[np.ndarray, list[str], list[bool]]:
+    """Real latents: 4 COIL-100 objects, 24 views each (every 15 degrees); every 3rd held out."""
+    ex = open_extractor("latent", "litert", "int8", manifest=manifest)
+    files, labels, held = [], [], []
+    for obj in (3, 17, 42, 77):
+        for k, angle in enumerate(range(0, 360, 15)):
+            path = datasets / "coil100" / "images" / f"obj{obj}__{angle}.png"
+            if path.exists():
+                files.append(path)
+                labels.append(f"obj{obj}")
+                held.append(k % 3 == 1)
+    return ex.frames([read_image(f) for f in files]), labels, held
+
+
+def test_ar1_learns_real_objects_from_the_pretrained_head(
+    coil_latents: tuple[np.ndarray, list[str], list[bool]], manifest: Manifest
+) -> None:
+    x, y, held = coil_latents
+    train = [i for i, h in enumerate(held) if not h]
+    test = [i for i, h in enumerate(held) if h]
+    learner = AR1Star(head_arrays(manifest.head()), manifest.find().sha256, epochs=2, replay_mb=2)
+    for obj in ("obj3", "obj17", "obj42", "obj77"):  # one object per batch: class-incremental
+        idx = [i for i in train if y[i] == obj]
+        learner.partial_fit(x[idx], [y[i] for i in idx])
+    predicted = learner.predict(x[test])
+    assert np.mean([p == y[i] for p, i in zip(predicted, test, strict=True)]) >= 0.9
