@@ -99,6 +99,54 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result["passed"] else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The lifecycle study: strategies over orderings of real image streams."""
+    from functools import partial
+
+    from edge_cl.bench import study
+    from edge_cl.bench.filelists import load_filelists
+    from edge_cl.bench.latents import LatentCache
+    from edge_cl.bench.scenarios import build
+    from edge_cl.imagenet import head_arrays
+
+    manifest = Manifest.load(args.models)
+    ex = open_extractor(
+        "latent", args.runtime, args.precision, args.resolution, args.threads, manifest=manifest
+    )
+    cache = LatentCache(args.cache / "latents", ex)
+    if args.filelists is not None:
+        if args.root is None:
+            raise EdgeClError("--filelists needs --root (the folder the filelists' paths start at)")
+        root, lists = args.root, args.filelists
+        scenarios = [lambda seed: load_filelists(root, lists)]
+    else:
+        images = args.cache / "images"
+        scenarios = [
+            partial(lambda n, seed: build(n, args.datasets, seed, images / n), n)
+            for n in args.scenario
+        ]
+    result = study.bench(
+        scenarios,
+        args.strategies.split(","),
+        cache,
+        head_arrays(manifest.head()),
+        args.runs,
+        args.eval_points,
+        args.replay_mb,
+        args.epochs,
+    )
+    reference = "cumulative-latent" if "cumulative-latent" in args.strategies else "cumulative-pool"
+    for name, summary in result["summary"].items():
+        print(f"\n## {name}\n\n{study.markdown_table(summary, reference)}")
+    if args.json:
+        result["command"] = "edge-cl " + " ".join(sys.argv[1:])
+        result["extractor"] = ex.artifact.name
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``edge-cl``."""
     parser = argparse.ArgumentParser(prog="edge-cl", description=__doc__)
@@ -127,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--threads", type=int, default=1)
     verify.add_argument("--json", type=Path, default=None, help="write the results here")
     verify.set_defaults(func=cmd_verify)
+
+    bench = sub.add_parser("bench", help=cmd_bench.__doc__)
+    bench.add_argument("--scenario", nargs="+", default=["coil100-sessions"])
+    bench.add_argument("--root", type=Path, default=None, help="image root of --filelists")
+    bench.add_argument("--filelists", type=Path, default=None, help="CORe50-format filelists")
+    bench.add_argument("--strategies", default="ar1-pool,cwr,ncm,slda,cumulative-pool")
+    bench.add_argument("--runs", type=int, default=3, help="orderings (seeds 0..N-1)")
+    bench.add_argument("--eval-points", type=int, default=5)
+    bench.add_argument("--replay-mb", type=float, default=8.0)
+    bench.add_argument("--epochs", type=int, default=4)
+    bench.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edge_cl")
+    bench.add_argument("--json", type=Path, default=None, help="write the results here")
+    runtime_options(bench)
+    bench.set_defaults(func=cmd_bench, runtime="litert", precision="int8", threads=2)
     return parser
 
 

@@ -51,7 +51,11 @@ class PretrainedHead:
     @classmethod
     def load(cls, artifact: Artifact) -> PretrainedHead:
         """Read the head from its verified ``.npz`` artifact."""
-        z = head_arrays(artifact)
+        return cls.from_arrays(head_arrays(artifact))
+
+    @classmethod
+    def from_arrays(cls, z: dict[str, np.ndarray]) -> PretrainedHead:
+        """Build from the raw arrays of :func:`head_arrays`."""
         scale = z["bn.gamma"] / np.sqrt(z["bn.var"] + z["bn.eps"])
         return cls(
             conv=np.ascontiguousarray(z["conv_head.weight"].T),

@@ -24,6 +24,13 @@ from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
 from edge_cl.learner.labels import Label
 
 
+# float32 / uint8 bytes per stored pattern (see ReplayMemory.footprint): the "samecount"
+# strategies give float32 replay the bytes to hold as many patterns as uint8 does in replay_mb,
+# so the two differ only by quantisation.
+LATENT_FLOAT32_PER_UINT8 = 20484 / 6404
+POOL_FLOAT32_PER_UINT8 = 5124 / 1288
+
+
 class Learner(Protocol):
     """What the study needs of a learner."""
 
@@ -60,11 +67,34 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
         return lambda head, seed: kind(head, depth=depth, seed=seed, epochs=epochs, **kw)
 
     table = [
-        Strategy("ar1-latent", "latent", ar1("latent")),
-        Strategy("ar1-latent-float32", "latent", ar1("latent", replay_codec="float32")),
-        Strategy("ar1-latent-uint4", "latent", ar1("latent", replay_codec="uint4")),
+        Strategy("ar1-latent", "latent", ar1("latent", replay_per_epoch=256)),
+        Strategy(
+            "ar1-latent-float32",
+            "latent",
+            ar1("latent", replay_per_epoch=256, replay_codec="float32"),
+        ),
+        Strategy(
+            "ar1-latent-uint4", "latent", ar1("latent", replay_per_epoch=256, replay_codec="uint4")
+        ),
+        Strategy(
+            "ar1-latent-float32-samecount",
+            "latent",
+            ar1(
+                "latent",
+                replay_per_epoch=256,
+                replay_codec="float32",
+                replay_mb=replay_mb * LATENT_FLOAT32_PER_UINT8,
+            ),
+        ),
+        Strategy("ar1-latent-fullreplay", "latent", ar1("latent")),
         Strategy("ar1-latent-noreplay", "latent", ar1("latent", replay_mb=0.0)),
         Strategy("ar1-pool", "pool", ar1("pool")),
+        Strategy("ar1-pool-float32", "pool", ar1("pool", replay_codec="float32")),
+        Strategy(
+            "ar1-pool-float32-samecount",
+            "pool",
+            ar1("pool", replay_codec="float32", replay_mb=replay_mb * POOL_FLOAT32_PER_UINT8),
+        ),
         Strategy("cwr", "pool", cls(CWRStar, "pool")),
         Strategy("naive", "latent", cls(NaiveFineTune, "latent")),
         Strategy("cumulative-latent", "latent", cls(Cumulative, "latent")),
@@ -171,3 +201,65 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "final_memory_mb_mean": float(np.mean([r["memory_bytes"][-1] for r in mine]) / 2**20),
         }
     return out
+
+
+def markdown_table(summary: dict[str, dict[str, float]], reference: str | None = None) -> str:
+    """The summary as a Markdown table; gaps are to ``reference`` (e.g. a cumulative strategy)."""
+    ref = summary.get(reference or "", {}).get("final_accuracy_mean")
+    rows = [
+        "| strategy | runs | final accuracy | gap to reference | total GFLOP | "
+        "s per update | memory at end (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        gap = f"{100 * (s['final_accuracy_mean'] - ref):+.1f}" if ref is not None else ""
+        rows.append(
+            f"| {name} | {s['runs']} | {100 * s['final_accuracy_mean']:.1f} +- "
+            f"{100 * s['final_accuracy_std']:.1f} | {gap} | {s['total_gflop_mean']:.0f} | "
+            f"{s['update_seconds_mean']:.3f} | {s['final_memory_mb_mean']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def bench(
+    scenarios: Sequence[Callable[[int], Scenario]],
+    names: Sequence[str],
+    cache: LatentCache,
+    head: dict[str, np.ndarray],
+    runs: int,
+    eval_points: int,
+    replay_mb: float,
+    epochs: int,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run strategies ``names`` on ``runs`` orderings of each scenario; JSON-ready results.
+
+    ``scenarios`` are builders taking the ordering seed. The reference for the gaps is the
+    cumulative strategy of the same trainable depth as the first strategy named.
+    """
+    table = strategies(replay_mb, epochs)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}; choose from {sorted(table)}")
+    pretrained = PretrainedHead.from_arrays(head)
+    results: list[dict[str, Any]] = []
+    for build in scenarios:
+        for seed in range(runs):
+            scenario = build(seed)
+            latents = load_stream(scenario, cache)
+            pools = pooled(latents, pretrained)
+            points = evaluation_points(len(latents.batches), eval_points)
+            for name in names:
+                s = table[name]
+                start = time.perf_counter()
+                r = run(s, latents if s.features == "latent" else pools, head, seed, points)
+                r["scenario"] = scenario.name
+                results.append(r)
+                progress(
+                    f"{scenario.name} run {seed} {name:22s} final {100 * r['final_accuracy']:5.1f}%"
+                    f"  {sum(r['flops']) / 1e9:9.0f} GFLOP  {time.perf_counter() - start:6.1f} s"
+                )
+    by_scenario = {}
+    for sc in dict.fromkeys(r["scenario"] for r in results):
+        by_scenario[sc] = summarise([r for r in results if r["scenario"] == sc])
+    return {"summary": by_scenario, "runs": results}

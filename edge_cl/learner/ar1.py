@@ -53,8 +53,8 @@ class AR1Config:
     depth: str = "latent"
     epochs: int = 4
     minibatch: int = 128
-    lr_first: float = 1e-3
-    lr: float = 1e-3
+    lr_first: float = 0.03
+    lr: float = 0.03
     momentum: float = 0.9
     weight_decay: float = 5e-4
     cwr: bool = True
