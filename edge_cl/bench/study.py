@@ -23,7 +23,6 @@ from edge_cl.learner.ar1 import AR1Star, Cumulative, CWRStar, NaiveFineTune
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
 from edge_cl.learner.labels import Label
 
-
 # float32 / uint8 bytes per stored pattern (see ReplayMemory.footprint): the "samecount"
 # strategies give float32 replay the bytes to hold as many patterns as uint8 does in replay_mb,
 # so the two differ only by quantisation.
