@@ -48,7 +48,25 @@ POOL_CHANNELS = 1280
 
 @dataclass(frozen=True)
 class AR1Config:
-    """Hyperparameters of :class:`AR1Star` (see ``docs/results`` for how they were chosen)."""
+    """Hyperparameters of :class:`AR1Star` (``docs/results/learner_acceptance.md`` says how the
+    defaults were chosen).
+
+    - ``depth``: ``"latent"`` trains conv_head + output on (N, h, w, 320) latents; ``"pool"``
+      trains the output layer alone on (N, 1280) pooled features.
+    - ``epochs``, ``minibatch``, ``lr_first`` (first batch), ``lr`` (later batches),
+      ``momentum``, ``weight_decay``: plain SGD; momentum is reset at every batch.
+    - ``cwr``: CWR* on the output layer; off, the output layer is fine-tuned like any layer.
+    - ``train_latent_layers``: off, conv_head and its normalisation stay as pretrained.
+    - ``replay_mb``, ``replay_codec`` (``uint8``, ``uint4``, ``float32``), ``replay_policy``
+      (``uniform``, ``class_balanced``): the latent replay memory; 0 MB disables replay.
+    - ``replay_per_epoch``: replayed patterns mixed into each batch's epochs; ``None`` sweeps the
+      whole memory every epoch (the reference AR1* rule, costly on a device), a number draws
+      that many patterns once per batch and replays them in every epoch.
+    - ``brn``, ``brn_momentum_first``, ``brn_momentum``, ``r_max``, ``d_max``: Batch
+      Renormalization; on the first batch r_max ramps 1 -> r_max and d_max 0 -> d_max.
+    - ``si_lambda``, ``si_max_importance``: Synaptic Intelligence on the latent layers (0: off).
+    - ``unknown_threshold``: below this top probability a prediction is flagged unknown.
+    """
 
     depth: str = "latent"
     epochs: int = 4
