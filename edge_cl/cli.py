@@ -1,4 +1,4 @@
-"""The ``edge-cl`` command line: ``info``, ``classify``, ``verify``."""
+"""The ``edge-cl`` command line: ``info``, ``classify``, ``verify``, ``bench``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,9 @@ from edge_cl import __version__
 from edge_cl.backends import RUNTIME_FORMATS, open_extractor
 from edge_cl.backends import litert as litert_backend
 from edge_cl.backends import onnx as onnx_backend
+from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.scenarios import DEFAULT_DATASETS
+from edge_cl.device.cli import add_device_commands
 from edge_cl.errors import EdgeClError
 from edge_cl.imagenet import PretrainedHead, imagenet_files
 from edge_cl.manifest import Manifest
@@ -99,16 +101,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result["passed"] else 1
 
 
+QUICK = {
+    "scenario": ["coil100-sessions"],
+    "strategies": "ar1-pool-sampled,ncm,slda,cumulative-pool",
+    "runs": 2,
+    "eval_points": 3,
+}
+"""``edge-cl bench --quick``: one protocol, 2 orderings, few strategies (about 2 minutes)."""
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """The lifecycle study: strategies over orderings of real image streams."""
-    from functools import partial
-
     from edge_cl.bench import study
     from edge_cl.bench.filelists import load_filelists
     from edge_cl.bench.latents import LatentCache
     from edge_cl.bench.scenarios import build
     from edge_cl.imagenet import head_arrays
 
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
     manifest = Manifest.load(args.models)
     ex = open_extractor(
         "latent", args.runtime, args.precision, args.resolution, args.threads, manifest=manifest
@@ -120,11 +132,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         root, lists = args.root, args.filelists
         scenarios = [lambda seed: load_filelists(root, lists)]
     else:
-        images = args.cache / "images"
-        scenarios = [
-            partial(lambda n, seed: build(n, args.datasets, seed, images / n), n)
-            for n in args.scenario
-        ]
+        images, datasets = args.cache / "images", args.datasets
+
+        def builder(name: str) -> Callable[[int], Scenario]:
+            return lambda seed: build(name, datasets, seed, images / name)
+
+        scenarios = [builder(name) for name in args.scenario]
     result = study.bench(
         scenarios,
         args.strategies.split(","),
@@ -135,15 +148,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.replay_mb,
         args.epochs,
     )
-    reference = "cumulative-latent" if "cumulative-latent" in args.strategies else "cumulative-pool"
-    for name, summary in result["summary"].items():
-        print(f"\n## {name}\n\n{study.markdown_table(summary, reference)}")
-    if args.json:
-        result["command"] = "edge-cl " + " ".join(sys.argv[1:])
-        result["extractor"] = ex.artifact.name
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        print(f"wrote {args.json}")
+    result["command"] = "edge-cl " + " ".join(sys.argv[1:])
+    result["extractor"] = ex.artifact.name
+    plots: list[str] = []
+    if args.plots:
+        from edge_cl.bench.plots import plot_study
+
+        written = plot_study(result, args.plots)
+        base = args.markdown.parent if args.markdown else Path.cwd()
+        plots = [os.path.relpath(p, base) for p in written]
+    report = study.markdown_report(result, plots)
+    print("\n" + report)
+    for path, text in (
+        (args.json, json.dumps(result, indent=1, default=str) + "\n"),
+        (args.markdown, report),
+    ):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    if args.quick:
+        failures = study.quick_check(result)
+        for failure in failures:
+            print(f"edge-cl bench --quick: FAILED: {failure}", file=sys.stderr)
+        return 1 if failures else 0
     return 0
 
 
@@ -187,8 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=4)
     bench.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edge_cl")
     bench.add_argument("--json", type=Path, default=None, help="write the results here")
+    bench.add_argument("--markdown", type=Path, default=None, help="write the summary here")
+    bench.add_argument("--plots", type=Path, default=None, help="write PNG figures here")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="one protocol, 2 runs, few strategies; exit 1 if AR1* ends >5 points behind "
+        "cumulative",
+    )
     runtime_options(bench)
     bench.set_defaults(func=cmd_bench, runtime="litert", precision="int8", threads=2)
+    add_device_commands(sub)
     return parser
 
 

@@ -43,5 +43,17 @@ class DatasetError(EdgeClError):
     """A dataset folder or filelist is missing, malformed or names files that do not exist."""
 
 
+class MissingExtraError(EdgeClError, ImportError):
+    """An optional part (plots, scikit-learn baselines) needs a package that is not installed."""
+
+
 class ProtocolError(EdgeClError):
     """A serial frame or message breaks the MCU protocol (bad CRC, version, type, length)."""
+
+
+class ConfigError(EdgeClError, ValueError):
+    """A device configuration file or ``--set`` override names an unknown key or a bad value."""
+
+
+class CameraError(EdgeClError):
+    """A camera or frame source cannot be opened, or stopped delivering frames."""

@@ -344,3 +344,13 @@ def test_bad_shrinkage() -> None:
     for shrinkage in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="shrinkage"):
             StreamingLDA(shrinkage=shrinkage)
+
+
+def test_update_flops_are_counted_for_the_lifecycle_study() -> None:
+    x = np.ones((10, 4))
+    ncm = NearestClassMean().partial_fit(x, ["a"] * 10)
+    assert ncm.last_update_flops == 2 * 10 * 4
+    slda = StreamingLDA().partial_fit(x, ["a"] * 10)
+    assert slda.last_update_flops == 2 * 10 * 4 + 2 * 10 * 16 + 2 * 64
+    fixed = StreamingLDA(streaming_covariance=False).partial_fit(x, ["a"] * 10)
+    assert fixed.partial_fit(x, ["b"] * 10).last_update_flops == 2 * 10 * 4

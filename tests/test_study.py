@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_cl.bench.study import evaluation_points, markdown_table, summarise
+from edge_cl.bench.plots import plot_study
+from edge_cl.bench.sklearn_baselines import KNNHead, SGDHead
+from edge_cl.bench.study import (
+    Progress,
+    evaluation_points,
+    markdown_table,
+    quick_check,
+    summarise,
+)
 from edge_cl.cli import main
+from edge_cl.errors import FrameError, NotFittedError
 
 
 def core50_filelists(datasets: Path, out: Path) -> Path:
@@ -35,9 +45,10 @@ def test_bench_runs_strategies_on_official_filelists(
     code = main(
         [
             "bench", "--root", str(root), "--filelists", str(tmp_path / "lists"),
-            "--strategies", "ar1-pool,ar1-latent,ncm,slda,cumulative-pool",
+            "--strategies", "ar1-pool,ar1-latent,ncm,slda,sgd,knn,cumulative-pool",
             "--runs", "1", "--epochs", "1", "--eval-points", "3",
             "--cache", str(tmp_path / "cache"), "--json", str(out),
+            "--markdown", str(tmp_path / "study.md"), "--plots", str(tmp_path / "plots"),
         ]
     )  # fmt: skip
     assert code == 0
@@ -45,7 +56,21 @@ def test_bench_runs_strategies_on_official_filelists(
     assert "| cumulative-pool | 1 |" in printed
     result = json.loads(out.read_text())
     runs = {r["strategy"]: r for r in result["runs"]}
-    assert set(runs) == {"ar1-pool", "ar1-latent", "ncm", "slda", "cumulative-pool"}
+    assert set(runs) == {"ar1-pool", "ar1-latent", "ncm", "slda", "sgd", "knn", "cumulative-pool"}
+    report = (tmp_path / "study.md").read_text()
+    assert "![plots/lists_accuracy.png](plots/lists_accuracy.png)" in report
+    assert (tmp_path / "plots" / "lists_cost.png").is_file()
+    assert result["scenarios"]["lists"]["batches"] == 6
+    assert len(result["scenarios"]["lists"]["filelists_sha256"]) == 64
+    assert result["environment"]["cores"] >= 1
+    summary = result["summary"]["lists"]
+    assert summary["slda"]["gap_mean"] == pytest.approx(
+        runs["slda"]["final_accuracy"] - runs["cumulative-pool"]["final_accuracy"]
+    )
+    assert "gap_mean" not in summary["ar1-latent"]  # no cumulative-latent ran
+    held = runs["ar1-pool"]["memory_bytes"][-1] / runs["cumulative-pool"]["memory_bytes"][-1]
+    assert held > 1  # six small batches fit in far less than the preallocated 8 MB replay
+    assert summary["ar1-pool"]["memory_saving_last"] == pytest.approx(1 - held)
     for r in runs.values():
         assert len(r["seconds"]) == len(r["memory_bytes"]) == 6
         assert set(r["accuracy"]) == {"0", "2", "5"}  # evaluation points, JSON keys
@@ -68,12 +93,88 @@ def test_evaluation_points_and_summary() -> None:
     assert evaluation_points(10, 3) == {0, 4, 9} or evaluation_points(10, 3) == {0, 5, 9}
     assert evaluation_points(1, 5) == {0}
     runs = [
-        {"strategy": "a", "final_accuracy": f, "flops": [1e9, 2e9], "seconds": [0.1, 0.3],
-         "memory_bytes": [0, 2**20]}
-        for f in (0.5, 0.7)
+        {"strategy": "a", "features": "pool", "seed": seed, "final_accuracy": f,
+         "accuracy": {0: 0.2, 1: f}, "flops": [1e9, 2e9], "seconds": [0.1, 0.3],
+         "memory_bytes": [2**20, 2**20], "images_seen": [10, 20]}
+        for seed, f in enumerate((0.5, 0.7))
+    ] + [
+        {"strategy": "cumulative-pool", "features": "pool", "seed": seed, "final_accuracy": 0.8,
+         "accuracy": {0: 0.3, 1: 0.8}, "flops": [1e9, 9e9], "seconds": [0.1, 0.3],
+         "memory_bytes": [2**20, 3 * 2**20], "images_seen": [10, 20]}
+        for seed in range(2)
     ]  # fmt: skip
-    s = summarise(runs)["a"]
+    summary = summarise(runs, image_bytes=2**20)
+    s = summary["a"]
     assert s["final_accuracy_mean"] == pytest.approx(0.6)
     assert s["final_accuracy_std"] == pytest.approx(0.1)
+    assert s["average_accuracy_mean"] == pytest.approx(0.4)
     assert s["total_gflop_mean"] == pytest.approx(3.0)
-    assert "| a | 2 | 60.0 +- 10.0 | +0.0 | 3 |" in markdown_table({"a": s}, "a")
+    assert s["gap_mean"] == pytest.approx(-0.2)
+    assert s["gap_std"] == pytest.approx(0.1)
+    assert s["compute_saving_life"] == pytest.approx(1 - 3 / 10)
+    assert s["compute_saving_last"] == pytest.approx(1 - 2 / 9)
+    assert s["memory_saving_life"] == pytest.approx(1 - 2 / 4)
+    assert s["memory_saving_last"] == pytest.approx(1 - 1 / 3)
+    assert s["raw_images_mb"] == pytest.approx(20)
+    assert summary["cumulative-pool"]["gap_mean"] == 0.0
+    table = markdown_table(summary)
+    assert (
+        "| a | 2 | 60.0 +- 10.0 | -20.0 +- 10.0 | 40.0 | 70.0 / 77.8 | 50.0 / 66.7 | 3 |" in table
+    )
+    result = {"summary": {"toy": summary}, "runs": [dict(r, scenario="toy") for r in runs]}
+    assert quick_check(result, max_gap=0.25) == []
+    assert quick_check(result, max_gap=0.05) == []  # "a" is not an AR1* strategy
+    result["summary"]["toy"]["ar1-pool"] = s
+    assert "ar1-pool ends 20.0 points behind" in quick_check(result, max_gap=0.05)[0]
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    runs = [
+        {"scenario": "toy", "strategy": name, "seed": seed, "accuracy": {"0": 0.1, "4": acc},
+         "flops": [1e9 * (i + 1) for i in range(5)], "memory_bytes": [2**20] * 5}
+        for name, acc in (("ar1-pool", 0.6), ("cumulative-pool", 0.7))
+        for seed in range(2)
+    ]  # fmt: skip
+    written = plot_study({"summary": {"toy": {}}, "runs": runs}, tmp_path / "plots")
+    assert [p.name for p in written] == ["toy_accuracy.png", "toy_cost.png"]
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert p.stat().st_size > 10_000
+
+
+def test_progress_bar_on_a_terminal_and_lines_elsewhere() -> None:
+    plain = io.StringIO()
+    bar = Progress(4, plain)
+    bar.step()
+    bar.line("run done")
+    assert plain.getvalue() == "run done\n"
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    bar = Progress(4, tty, width=8)
+    bar.label = "toy"
+    bar.step()
+    bar.step()
+    assert "[####....]  50.0%" in tty.getvalue() and "toy" in tty.getvalue()
+
+
+def test_sklearn_baselines_learn_new_classes_over_time() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)).astype(np.float32) * 4
+    x = np.concatenate([c + rng.normal(size=(30, 16)).astype(np.float32) for c in centres])
+    y = ["a"] * 30 + ["b"] * 30 + [7] * 30
+    for head in (SGDHead(seed=0), KNNHead()):
+        head.partial_fit(x[:30], y[:30])
+        assert head.predict(x[60:62]) == ["a", "a"]  # only class known so far
+        head.partial_fit(x[30:60], y[30:60]).partial_fit(x[60:], y[60:])
+        assert head.classes_ == ["a", "b", 7]
+        hits = np.mean([p == t for p, t in zip(head.predict(x), y, strict=True)])
+        assert hits > 0.95
+        assert head.nbytes > 0
+    with pytest.raises(NotFittedError):
+        KNNHead().predict(x)
+    with pytest.raises(FrameError):
+        SGDHead().partial_fit(x[0], ["a"])

@@ -9,15 +9,22 @@ extractor cut computes.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
 from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
+from edge_cl.bench.sklearn_baselines import KNNHead, SGDHead
 from edge_cl.imagenet import PretrainedHead
 from edge_cl.learner.ar1 import AR1Star, Cumulative, CWRStar, NaiveFineTune
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
@@ -88,6 +95,7 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
         Strategy("ar1-latent-fullreplay", "latent", ar1("latent")),
         Strategy("ar1-latent-noreplay", "latent", ar1("latent", replay_mb=0.0)),
         Strategy("ar1-pool", "pool", ar1("pool")),
+        Strategy("ar1-pool-sampled", "pool", ar1("pool", replay_per_epoch=512)),
         Strategy("ar1-pool-float32", "pool", ar1("pool", replay_codec="float32")),
         Strategy(
             "ar1-pool-float32-samecount",
@@ -100,6 +108,8 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
         Strategy("cumulative-pool", "pool", cls(Cumulative, "pool")),
         Strategy("ncm", "pool", lambda head, seed: NearestClassMean()),
         Strategy("slda", "pool", lambda head, seed: StreamingLDA()),
+        Strategy("sgd", "pool", lambda head, seed: SGDHead(seed=seed)),
+        Strategy("knn", "pool", lambda head, seed: KNNHead()),
     ]
     return {s.name: s for s in table}
 
@@ -136,6 +146,7 @@ def run(
     head: dict[str, np.ndarray],
     seed: int,
     eval_at: set[int],
+    on_batch: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train one strategy over one stream; per-batch series of time, FLOPs, memory, accuracy.
 
@@ -144,6 +155,7 @@ def run(
     """
     learner = strategy.make(head, seed)
     seconds, flops, memory, acc = [], [], [], {}
+    seen: list[int] = []
     last = len(stream.batches) - 1
     for i, (x, y) in enumerate(stream.batches):
         start = time.perf_counter()
@@ -158,16 +170,21 @@ def run(
         seconds.append(time.perf_counter() - start)
         flops.append(int(cost))
         memory.append(int(learner.nbytes))
+        seen.append(len(y) + (seen[-1] if seen else 0))
         if i in eval_at or i == last:
             acc[i] = accuracy(learner, stream.test_x, stream.test_y)
+        if on_batch is not None:
+            on_batch()
     return {
         "strategy": strategy.name,
+        "features": strategy.features,
         "seed": seed,
         "accuracy": acc,
         "final_accuracy": acc[last],
         "seconds": seconds,
         "flops": flops,
         "memory_bytes": memory,
+        "images_seen": seen,
     }
 
 
@@ -185,39 +202,166 @@ def evaluation_points(batches: int, count: int) -> set[int]:
     return {round(float(i)) for i in np.linspace(0, batches - 1, max(2, count))}
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation over runs of final accuracy, compute and memory per strategy."""
+def reference_for(features: str) -> str:
+    """The cumulative strategy a strategy is measured against: same features, same depth."""
+    return f"cumulative-{features}"
+
+
+def _saving(mine: np.ndarray, ref: np.ndarray) -> float:
+    return float(1.0 - mine.sum() / ref.sum()) if ref.sum() > 0 else float("nan")
+
+
+def summarise(
+    runs: list[dict[str, Any]], image_bytes: int = 128 * 128 * 3
+) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation over runs of accuracy, compute and memory per strategy.
+
+    Savings are against the cumulative strategy of the same features (``reference_for``) on
+    the same ordering, when it ran: over the life cycle ``1 - sum(mine) / sum(cumulative)`` over
+    all batches (for memory: of the bytes held after each batch), and at the last batch
+    ``1 - mine[-1] / cumulative[-1]``. ``raw_images_mb`` is what keeping every image seen
+    would cost at the extractor's input size (``image_bytes`` each), the alternative to keeping
+    latents.
+    """
+    by_key = {(r["strategy"], r["seed"]): r for r in runs}
     out: dict[str, dict[str, float]] = {}
     for name in dict.fromkeys(r["strategy"] for r in runs):
         mine = [r for r in runs if r["strategy"] == name]
         final = np.array([r["final_accuracy"] for r in mine])
-        out[name] = {
+        average = np.array([np.mean(list(r["accuracy"].values())) for r in mine])
+        s: dict[str, float] = {
             "runs": len(mine),
             "final_accuracy_mean": float(final.mean()),
             "final_accuracy_std": float(final.std()),
+            "average_accuracy_mean": float(average.mean()),
             "total_gflop_mean": float(np.mean([sum(r["flops"]) for r in mine]) / 1e9),
             "update_seconds_mean": float(np.mean([np.mean(r["seconds"]) for r in mine])),
             "final_memory_mb_mean": float(np.mean([r["memory_bytes"][-1] for r in mine]) / 2**20),
+            "raw_images_mb": float(np.mean([r["images_seen"][-1] for r in mine]))
+            * image_bytes
+            / 2**20,
         }
+        pairs = [
+            (r, by_key[(reference_for(r["features"]), r["seed"])])
+            for r in mine
+            if (reference_for(r["features"]), r["seed"]) in by_key
+        ]
+        if pairs:
+            gaps = [r["final_accuracy"] - ref["final_accuracy"] for r, ref in pairs]
+            s["gap_mean"] = float(np.mean(gaps))
+            s["gap_std"] = float(np.std(gaps))
+            for what, key in (("compute", "flops"), ("memory", "memory_bytes")):
+                life = [_saving(np.array(r[key], float), np.array(f[key], float)) for r, f in pairs]
+                last = [_saving(np.array(r[key][-1:], float), np.array(f[key][-1:], float))
+                        for r, f in pairs]  # fmt: skip
+                s[f"{what}_saving_life"] = float(np.mean(life))
+                s[f"{what}_saving_last"] = float(np.mean(last))
+        out[name] = s
     return out
 
 
-def markdown_table(summary: dict[str, dict[str, float]], reference: str | None = None) -> str:
-    """The summary as a Markdown table; gaps are to ``reference`` (e.g. a cumulative strategy)."""
-    ref = summary.get(reference or "", {}).get("final_accuracy_mean")
+def _pct(value: float | None, signed: bool = False) -> str:
+    if value is None or not np.isfinite(value):
+        return ""
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def markdown_table(summary: dict[str, dict[str, float]]) -> str:
+    """The summary as a Markdown table: accuracy, gap and savings vs same-depth cumulative."""
     rows = [
-        "| strategy | runs | final accuracy | gap to reference | total GFLOP | "
+        "| strategy | runs | final accuracy | gap to cumulative | average accuracy | "
+        "compute saving: life / last | memory saving: life / last | total GFLOP | "
         "s per update | memory at end (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
-        gap = f"{100 * (s['final_accuracy_mean'] - ref):+.1f}" if ref is not None else ""
+        gap = ""
+        if "gap_mean" in s:
+            gap = f"{_pct(s['gap_mean'], True)} +- {_pct(s['gap_std'])}"
+        saving = {
+            w: f"{_pct(s.get(f'{w}_saving_life'))} / {_pct(s.get(f'{w}_saving_last'))}"
+            if f"{w}_saving_life" in s
+            else ""
+            for w in ("compute", "memory")
+        }
         rows.append(
-            f"| {name} | {s['runs']} | {100 * s['final_accuracy_mean']:.1f} +- "
-            f"{100 * s['final_accuracy_std']:.1f} | {gap} | {s['total_gflop_mean']:.0f} | "
+            f"| {name} | {s['runs']:.0f} | {_pct(s['final_accuracy_mean'])} +- "
+            f"{_pct(s['final_accuracy_std'])} | {gap} | {_pct(s['average_accuracy_mean'])} | "
+            f"{saving['compute']} | {saving['memory']} | {s['total_gflop_mean']:.0f} | "
             f"{s['update_seconds_mean']:.3f} | {s['final_memory_mb_mean']:.1f} |"
         )
     return "\n".join(rows)
+
+
+def scenario_record(scenario: Scenario) -> dict[str, Any]:
+    """What defines a scenario in a result file: its numbers, generator info and a hash."""
+    digest = hashlib.sha256()
+    for paths, labels in [*scenario.train_batches, scenario.test]:
+        for path, label in zip(paths, labels, strict=True):
+            digest.update(f"{path} {label}\n".encode())
+        digest.update(b"--\n")
+    return {
+        "name": scenario.name,
+        **scenario.describe(),
+        "filelists_sha256": digest.hexdigest(),
+        "meta": {k: v for k, v in scenario.meta.items() if k != "class_names"},
+    }
+
+
+def environment() -> dict[str, Any]:
+    """The machine and package versions a result was measured with."""
+    versions = {}
+    for package in ("edge-cl", "numpy", "onnxruntime", "ai-edge-litert", "scikit-learn"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    cpu = platform.processor()
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        info = []
+    for line in info:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "versions": versions,
+    }
+
+
+class Progress:
+    """A progress bar on a terminal (one line per finished run elsewhere, e.g. CI logs)."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self.total, self.done, self.stream, self.width = max(1, total), 0, stream, width
+        self.start = time.perf_counter()
+        self.tty = stream.isatty()
+        self.label = ""
+
+    def step(self) -> None:
+        """One unit of work (a batch of one strategy) is done."""
+        self.done += 1
+        if self.tty:
+            filled = self.width * self.done // self.total
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / self.done * (self.total - self.done)
+            bar = "#" * filled + "." * (self.width - filled)
+            self.stream.write(
+                f"\r[{bar}] {100 * self.done / self.total:5.1f}%  eta {eta:5.0f} s  {self.label}"
+            )
+            self.stream.flush()
+
+    def line(self, text: str) -> None:
+        """A finished run's one-line report."""
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
 
 def bench(
@@ -229,12 +373,12 @@ def bench(
     eval_points: int,
     replay_mb: float,
     epochs: int,
-    progress: Callable[[str], None] = print,
+    progress_stream: TextIO = sys.stderr,
 ) -> dict[str, Any]:
     """Run strategies ``names`` on ``runs`` orderings of each scenario; JSON-ready results.
 
-    ``scenarios`` are builders taking the ordering seed. The reference for the gaps is the
-    cumulative strategy of the same trainable depth as the first strategy named.
+    ``scenarios`` are builders taking the ordering seed. Each strategy is measured against the
+    cumulative strategy of its own features (run it too to get gaps and savings).
     """
     table = strategies(replay_mb, epochs)
     unknown = [n for n in names if n not in table]
@@ -242,23 +386,99 @@ def bench(
         raise ValueError(f"unknown strategies {unknown}; choose from {sorted(table)}")
     pretrained = PretrainedHead.from_arrays(head)
     results: list[dict[str, Any]] = []
+    records: dict[str, dict[str, Any]] = {}
+    progress: Progress | None = None
+    image_bytes = 0
     for build in scenarios:
         for seed in range(runs):
             scenario = build(seed)
+            records.setdefault(scenario.name, scenario_record(scenario))
             latents = load_stream(scenario, cache)
+            image_bytes = cache.extractor.resolution**2 * 3
             pools = pooled(latents, pretrained)
             points = evaluation_points(len(latents.batches), eval_points)
+            if progress is None:
+                work = len(scenarios) * runs * len(names) * len(latents.batches)
+                progress = Progress(work, progress_stream)
             for name in names:
                 s = table[name]
+                progress.label = f"{scenario.name} run {seed} {name}"
                 start = time.perf_counter()
-                r = run(s, latents if s.features == "latent" else pools, head, seed, points)
+                stream = latents if s.features == "latent" else pools
+                r = run(s, stream, head, seed, points, progress.step)
                 r["scenario"] = scenario.name
                 results.append(r)
-                progress(
+                progress.line(
                     f"{scenario.name} run {seed} {name:22s} final {100 * r['final_accuracy']:5.1f}%"
                     f"  {sum(r['flops']) / 1e9:9.0f} GFLOP  {time.perf_counter() - start:6.1f} s"
                 )
     by_scenario = {}
     for sc in dict.fromkeys(r["scenario"] for r in results):
-        by_scenario[sc] = summarise([r for r in results if r["scenario"] == sc])
-    return {"summary": by_scenario, "runs": results}
+        by_scenario[sc] = summarise([r for r in results if r["scenario"] == sc], image_bytes)
+    return {
+        "scenarios": records,
+        "environment": environment(),
+        "settings": {
+            "runs": runs,
+            "strategies": list(names),
+            "replay_mb": replay_mb,
+            "epochs": epochs,
+            "eval_points": eval_points,
+            "input_image_bytes": image_bytes,
+        },
+        "summary": by_scenario,
+        "runs": results,
+    }
+
+
+def markdown_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    """A study's Markdown summary: command, machine, scenarios, one table per scenario."""
+    env = result["environment"]
+    lines = ["# Lifecycle study", ""]
+    if "command" in result:
+        lines += ["Command:", "", f"    {result['command']}", ""]
+    lines += [
+        f"Machine: {env['cpu']}, {env['cores']} cores, {env['platform']}, Python "
+        f"{env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
+        f"Extractor: `{result.get('extractor', '?')}`. Settings: "
+        + ", ".join(f"{k} {v}" for k, v in result["settings"].items() if k != "strategies")
+        + ".",
+        "",
+        "Gap and savings are against the cumulative strategy of the same features on the same "
+        "ordering (mean +- std over runs). Compute saving over the life cycle is "
+        "`1 - sum(FLOPs) / sum(cumulative FLOPs)` over all batches, at the last batch "
+        "`1 - FLOPs / cumulative FLOPs` of that batch; memory the same with the bytes held "
+        "after each batch. Average accuracy is the mean over the evaluation points.",
+        "",
+    ]
+    for name, summary in result["summary"].items():
+        sc = result["scenarios"].get(name, {})
+        lines += [f"## {name}", ""]
+        if sc:
+            lines += [
+                f"{sc['batches']} batches of {sc['images_per_batch_min']}-"
+                f"{sc['images_per_batch_max']} images (mean {sc['images_per_batch_mean']}), "
+                f"{sc['first_batch_classes']} classes in the first batch, {sc['classes']} in "
+                f"all, {sc['test_images']} test images. Keeping every image seen would take "
+                f"{next(iter(summary.values()))['raw_images_mb']:.0f} MB at the input size.",
+                "",
+            ]
+        lines += [markdown_table(summary), ""]
+        lines += [f"![{p}]({p})" for p in plots if Path(p).name.startswith(name)]
+        lines += [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def quick_check(result: dict[str, Any], max_gap: float = 0.05) -> list[str]:
+    """Failures of the quick study: every AR1* strategy within ``max_gap`` of its cumulative."""
+    failures = []
+    for scenario, summary in result["summary"].items():
+        for name, s in summary.items():
+            if name.startswith("ar1") and "gap_mean" in s and s["gap_mean"] < -max_gap:
+                failures.append(
+                    f"{scenario}: {name} ends {-100 * s['gap_mean']:.1f} points behind cumulative "
+                    f"(allowed {100 * max_gap:.0f})"
+                )
+            if name.startswith("ar1") and "gap_mean" not in s:
+                failures.append(f"{scenario}: {name} has no cumulative run to compare with")
+    return failures

@@ -48,6 +48,7 @@ class _ClassMeanLearner(ABC):
         self._means = np.zeros((0, 0), np.float64)  # (slots, d): running mean per label index
         self._counts = np.zeros(0, np.int64)  # (slots,): patterns learned per label index
         self._version = 0  # bumped on every change of the model, keys the score caches
+        self.last_update_flops = 0  # FLOPs of the last partial_fit, counted analytically
 
     # ------------------------------------------------------------------------------ input
     def _check_features(self, x: object) -> np.ndarray:
@@ -107,6 +108,7 @@ class _ClassMeanLearner(ABC):
         x = self._check_features(X)
         labels, idx = self._check_labels(y, len(x))
         self._learn(x, idx, labels)
+        self.last_update_flops = self._update_flops(*x.shape)
         self.labels = labels
         self.n_features = x.shape[1]
         self.batches_seen += 1
@@ -141,6 +143,10 @@ class _ClassMeanLearner(ABC):
 
     def _learn(self, x: np.ndarray, idx: np.ndarray, labels: LabelMap) -> None:
         self._means, self._counts, *_ = self._merge_means(x, idx, labels.size)
+
+    def _update_flops(self, n: int, d: int) -> int:
+        """FLOPs of learning ``n`` patterns of ``d`` features: the class sums and mean moves."""
+        return 2 * n * d
 
     # -------------------------------------------------------------------------- predicting
     @property
@@ -341,6 +347,13 @@ class StreamingLDA(_ClassMeanLearner):
             self._n_cov += len(x)
             self._cov_version += 1
         self._means, self._counts = means, counts
+
+    def _update_flops(self, n: int, d: int) -> int:
+        """Class sums, the batch scatter ``2 n d^2``, and refreshing the precision matrix
+        (``2 d^3``, an inverse) so that the device can predict after the batch."""
+        if not (self.streaming_covariance or self.batches_seen == 0):
+            return 2 * n * d
+        return 2 * n * d + 2 * n * d * d + 2 * d**3
 
     @property
     def covariance_(self) -> np.ndarray:
