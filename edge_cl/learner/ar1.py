@@ -49,8 +49,7 @@ POOL_CHANNELS = 1280
 @dataclass(frozen=True)
 class AR1Config:
     """Hyperparameters of :class:`AR1Star` (``docs/results/learner_acceptance.md`` and
-    ``docs/results/learner_tuning.md`` say how the defaults were chosen: class-balanced replay and
-    a BRN momentum of 1e-3 after the first batch, not the reference 5e-5, measured better here).
+    ``docs/results/learner_tuning.md`` say how the defaults were chosen).
 
     - ``depth``: ``"latent"`` trains conv_head + output on (N, h, w, 320) latents; ``"pool"``
       trains the output layer alone on (N, 1280) pooled features.
@@ -80,11 +79,11 @@ class AR1Config:
     train_latent_layers: bool = True
     replay_mb: float = 8.0
     replay_codec: str = "uint8"
-    replay_policy: str = "class_balanced"
+    replay_policy: str = "uniform"
     replay_per_epoch: int | None = None
     brn: bool = True
     brn_momentum_first: float = 0.01
-    brn_momentum: float = 1e-3
+    brn_momentum: float = 5e-5
     r_max: float = 1.25
     d_max: float = 0.5
     si_lambda: float = 0.0
