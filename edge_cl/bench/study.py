@@ -75,6 +75,16 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
     table = [
         Strategy("ar1-latent", "latent", ar1("latent", replay_per_epoch=256)),
         Strategy(
+            "ar1-latent-tuned",
+            "latent",
+            ar1(
+                "latent",
+                replay_per_epoch=256,
+                brn_momentum=1e-3,
+                replay_policy="class_balanced",
+            ),
+        ),
+        Strategy(
             "ar1-latent-float32",
             "latent",
             ar1("latent", replay_per_epoch=256, replay_codec="float32"),
