@@ -22,6 +22,7 @@ from edge_cl.device.cli import add_device_commands
 from edge_cl.errors import EdgeClError
 from edge_cl.imagenet import PretrainedHead, imagenet_files
 from edge_cl.manifest import Manifest
+from edge_cl.perf import add_perf_command
 from edge_cl.preprocess import read_image
 
 CPU_FLAGS = ("neon", "asimd", "asimddp", "sve", "i8mm", "avx2", "avx512f", "avx512_vnni", "fma")
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_options(bench)
     bench.set_defaults(func=cmd_bench, runtime="litert", precision="int8", threads=2)
     add_device_commands(sub)
+    add_perf_command(sub)
     return parser
 
 

@@ -1,0 +1,106 @@
+"""Small outputs of the device loop: systemd notifications and an annotated MJPEG preview."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import cv2
+import numpy as np
+
+log = logging.getLogger("edge_cl.device")
+
+PREVIEW_MAX_BYTES = 64 << 20
+"""The preview file starts over when it grows past this, so it never fills the disk."""
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd ``state`` (``READY=1``, ``WATCHDOG=1``, ``STATUS=...``) over
+    ``$NOTIFY_SOCKET``; False when not run by systemd (no dependency on libsystemd).
+
+    >>> sd_notify("READY=1") if "NOTIFY_SOCKET" not in os.environ else False
+    False
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # a reader that lags must never stall the loop
+            sock.connect(address)
+            sock.send(state.encode())
+    except BlockingIOError:
+        log.debug("systemd's notify queue is full: dropped %r", state)
+        return False
+    except OSError as e:
+        log.warning("cannot notify systemd at %s: %s", address, e)
+        return False
+    return True
+
+
+def watchdog_period() -> float:
+    """Seconds between ``WATCHDOG=1`` pings: half of ``$WATCHDOG_USEC``, else 5 s.
+
+    >>> os.environ.get("WATCHDOG_USEC") is not None or watchdog_period() == 5.0
+    True
+    """
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    return int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else 5.0
+
+
+class MjpegPreview:
+    """Appends annotated JPEG frames to ``path`` (an MJPEG stream ``ffplay`` or VLC can play),
+    at most ``fps`` a second; starts the file over past ``PREVIEW_MAX_BYTES``.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "preview.mjpeg"
+    >>> with MjpegPreview(path, fps=100) as preview:
+    ...     preview.write(np.zeros((120, 160, 3), np.uint8), "cup 0.93")
+    True
+    >>> path.read_bytes()[:2] == b"\\xff\\xd8"
+    True
+    """
+
+    def __init__(self, path: Path, fps: float = 5.0) -> None:
+        self.path = Path(path)
+        self.period = 1.0 / fps
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO = self.path.open("wb")
+        self._last = float("-inf")
+
+    def write(self, image: np.ndarray, text: str) -> bool:
+        """Add the RGB ``image`` with ``text`` drawn on it, unless one was written too recently."""
+        now = time.monotonic()
+        if now - self._last < self.period:
+            return False
+        self._last = now
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        scale = max(0.4, bgr.shape[1] / 640)
+        origin = (8, int(24 * scale) + 4)
+        cv2.putText(bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4, cv2.LINE_AA)
+        cv2.putText(bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1)
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if not ok:
+            return False
+        if self._file.tell() > PREVIEW_MAX_BYTES:
+            self._file.seek(0)
+            self._file.truncate()
+        self._file.write(jpeg.tobytes())
+        self._file.flush()
+        return True
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def __enter__(self) -> MjpegPreview:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,248 @@
+"""Learning in the background: train a copy of the model, swap it in whole, checkpoint it.
+
+Inference never waits for training and never sees a half-updated model: each job deep-copies the
+model in use, changes the copy, and :meth:`Classifier.swap` puts it in use under a lock. A job that
+fails (an unusable label, a label to forget that is not known) leaves the model in use as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edge_cl.device.classifier import Classifier
+from edge_cl.errors import EdgeClError
+from edge_cl.learner.ar1 import AR1Star
+from edge_cl.learner.labels import Label
+from firmware_bridge.protocol import LearnerState
+
+log = logging.getLogger("edge_cl.device")
+
+CALIBRATION_PATTERNS = 512
+"""Replayed patterns the unknown threshold is calibrated on after each update."""
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What one job did. ``ok`` is False when it failed (``error`` says why, ``failed_at`` where:
+    ``"update"`` left the previous model in use, ``"checkpoint"`` kept the new model in use but
+    could not write it). ``latency_seconds`` runs from the label event (teach released) to the
+    new model in use; ``update_seconds`` is the training time alone."""
+
+    job: str
+    label: Label | None = None
+    ok: bool = True
+    error: str | None = None
+    patterns: int = 0
+    update_seconds: float = 0.0
+    latency_seconds: float | None = None
+    checkpoint_bytes: int = 0
+    classes: tuple[Label, ...] = ()
+    failed_at: str | None = None
+
+
+@dataclass
+class _Job:
+    kind: str
+    label: Label | None
+    latents: np.ndarray | None
+    since: float
+    future: Future[JobResult]
+
+
+class LearnerWorker:
+    """A thread running learn / forget / save jobs in order; each returns a ``Future[JobResult]``.
+
+    ``checkpoint`` is written (atomically) after every learned batch and every forget.
+    ``unknown_accept`` < 1 recalibrates the unknown threshold on replayed patterns after each
+    change. ``on_state`` hears LEARNING / SAVING / IDLE; ``on_result`` hears every result.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from edge_cl.device.config import DeviceConfig
+    >>> state = Path(tempfile.mkdtemp())
+    >>> clf = Classifier.open(DeviceConfig(state_dir=state, runtime="onnx", cut="pool"))
+    >>> x = clf.latents([np.full((64, 64, 3), v, np.uint8) for v in (0, 250) for _ in range(4)])
+    >>> with LearnerWorker(clf, state / "learner.ckpt") as worker:
+    ...     a = worker.learn("dark", x[:4]).result()
+    ...     b = worker.learn("light", x[4:]).result()
+    ...     bad = worker.forget("plaid").result()
+    >>> a.ok, b.classes, bad.ok, [v.label for v in clf.predict(x[[0, 7]])]
+    (True, ('dark', 'light'), False, ['dark', 'light'])
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        checkpoint: Path,
+        *,
+        unknown_accept: float = 1.0,
+        on_state: Callable[[LearnerState], None] | None = None,
+        on_result: Callable[[JobResult], None] | None = None,
+    ) -> None:
+        self.classifier = classifier
+        self.checkpoint = checkpoint
+        self.unknown_accept = unknown_accept
+        self.on_state = on_state
+        self.on_result = on_result
+        self.results: deque[JobResult] = deque(maxlen=1000)
+        """The latest results, oldest first."""
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._state = LearnerState.IDLE
+        self._dirty = False
+        self._thread = threading.Thread(target=self._run, name="edge-cl-learner", daemon=True)
+
+    # ------------------------------------------------------------------------------ control
+    def start(self) -> LearnerWorker:
+        """Start the thread; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the queued jobs, then end the thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def __enter__(self) -> LearnerWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is queued or running."""
+        with self._idle:
+            return self._pending > 0
+
+    @property
+    def state(self) -> LearnerState:
+        """IDLE, LEARNING (learn or forget running) or SAVING."""
+        return self._state
+
+    @property
+    def dirty(self) -> bool:
+        """Whether the model in use changed since the last checkpoint written."""
+        return self._dirty
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no job is queued or running; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    # --------------------------------------------------------------------------------- jobs
+    def learn(
+        self, label: Label, latents: np.ndarray, since: float | None = None
+    ) -> Future[JobResult]:
+        """Queue one batch of ``latents`` of ``label``; ``since`` is the label event's
+        ``time.monotonic()`` (default: now)."""
+        return self._submit("learn", label, latents, since)
+
+    def forget(self, label: Label) -> Future[JobResult]:
+        """Queue forgetting ``label``."""
+        return self._submit("forget", label, None, None)
+
+    def save(self) -> Future[JobResult]:
+        """Queue writing the checkpoint of the model in use."""
+        return self._submit("save", None, None, None)
+
+    def _submit(
+        self, kind: str, label: Label | None, latents: np.ndarray | None, since: float | None
+    ) -> Future[JobResult]:
+        future: Future[JobResult] = Future()
+        with self._idle:
+            self._pending += 1
+        self._queue.put(_Job(kind, label, latents, since or time.monotonic(), future))
+        return future
+
+    # ------------------------------------------------------------------------------- thread
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                result = self._do(job)
+            except Exception as e:  # a bug must not kill the service's only learner thread
+                log.exception("%s job failed unexpectedly", job.kind)
+                error = f"internal error: {e!r}"
+                result = JobResult(job.kind, job.label, False, error, failed_at="update")
+            self._set_state(LearnerState.IDLE)
+            self.results.append(result)
+            if not result.ok:
+                log.error("%s %r failed: %s", job.kind, job.label, result.error)
+            if self.on_result is not None:
+                self.on_result(result)
+            job.future.set_result(result)
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def _do(self, job: _Job) -> JobResult:
+        if job.kind == "save":
+            model = self.classifier.learner
+            self._set_state(LearnerState.SAVING)
+            return self._save(JobResult("save", classes=tuple(model.classes_)), model)
+        self._set_state(LearnerState.LEARNING)
+        start = time.perf_counter()
+        model = copy.deepcopy(self.classifier.learner)
+        try:
+            if job.kind == "learn":
+                assert job.latents is not None
+                model.partial_fit(job.latents, [job.label] * len(job.latents))
+            else:
+                model.forget(job.label)
+            self._calibrate(model)
+        except EdgeClError as e:
+            return JobResult(
+                job.kind, job.label, False, str(e), classes=self._classes(), failed_at="update"
+            )
+        seconds = time.perf_counter() - start
+        self.classifier.swap(model)
+        self._dirty = True
+        result = JobResult(
+            job.kind,
+            job.label,
+            patterns=0 if job.latents is None else len(job.latents),
+            update_seconds=seconds,
+            latency_seconds=time.monotonic() - job.since if job.kind == "learn" else None,
+            classes=tuple(model.classes_),
+        )
+        self._set_state(LearnerState.SAVING)
+        return self._save(result, model)
+
+    def _save(self, result: JobResult, model: AR1Star) -> JobResult:
+        try:
+            size = model.save(self.checkpoint)
+        except (OSError, EdgeClError) as e:
+            error = f"cannot write the checkpoint {self.checkpoint}: {e}"
+            return replace(result, ok=False, error=error, failed_at="checkpoint")
+        self._dirty = self.classifier.learner is not model
+        return replace(result, checkpoint_bytes=size)
+
+    def _calibrate(self, model: AR1Star) -> None:
+        memory = model.memory
+        if self.unknown_accept >= 1.0 or memory is None or len(model.classes_) < 2:
+            return
+        if len(memory):
+            x, _ = memory.sample(min(CALIBRATION_PATTERNS, len(memory)))
+            model.calibrate_unknown(x, accept=self.unknown_accept)
+
+    def _classes(self) -> tuple[Label, ...]:
+        return tuple(self.classifier.learner.classes_)
+
+    def _set_state(self, state: LearnerState) -> None:
+        if state != self._state:
+            self._state = state
+            if self.on_state is not None:
+                self.on_state(state)

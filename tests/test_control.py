@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_cl.device.config import DeviceConfig
+from edge_cl.device.control import ControlError, ControlServer, send_command
+from edge_cl.device.loop import DeviceLoop
+from edge_cl.learner.ar1 import AR1Star
+from firmware_bridge.sources import SyntheticScene
+
+
+def raw(path: Path, data: bytes) -> bytes:
+    """Send ``data`` as is and return the reply line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(data)
+        with sock.makefile("rb") as reader:
+            return reader.readline()
+
+
+class Running:
+    def __init__(self, loop: DeviceLoop, scene: SyntheticScene, path: Path) -> None:
+        self.loop, self.scene, self.path = loop, scene, path
+
+    def ctl(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        return send_command(self.path, {"cmd": cmd, **fields}, timeout=60)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    """A real device loop on a synthetic scene, serving its control socket."""
+    path = tmp_path / "ctl.sock"
+    config = DeviceConfig(state_dir=tmp_path / "state", control_socket=path)
+    scene = SyntheticScene(size=(160, 120), fps=30)
+    loop = DeviceLoop(config, scene)
+    summary: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: summary.update(loop.run()))
+    thread.start()
+    try:
+        assert loop.ready.wait(60), "the loop did not classify a frame within 60 s"
+        yield Running(loop, scene, path)
+    finally:
+        loop.request_stop()
+        thread.join(60)
+    assert summary["stopped_by"] == "request"
+
+
+def test_socket_is_private_to_the_user(running: Running) -> None:
+    mode = running.path.stat().st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_every_command(running: Running) -> None:
+    assert running.ctl("labels") == {"ok": True, "labels": []}
+    first = running.ctl("predict")
+    assert first["ok"] and first["label"] is None and first["unknown"] is True
+
+    for obj in ("red cube", "blue ball"):
+        running.scene.show(obj)
+        time.sleep(0.2)
+        assert running.ctl("teach", label=obj) == {"ok": True, "state": "teaching", "label": obj}
+        again = running.ctl("teach", label="other")
+        assert not again["ok"] and "already teaching" in again["error"]
+        status = running.ctl("status")
+        assert status["state"] == "teaching" and status["teaching"] == obj
+        time.sleep(0.8)
+        stop = running.ctl("stop", wait=True)
+        assert stop["ok"], stop
+        assert stop["label"] == obj and 5 <= stop["used"] <= 30 and stop["latency_s"] < 30
+        assert stop["classes"][-1] == obj
+    not_teaching = running.ctl("stop")
+    assert not not_teaching["ok"] and "not teaching" in not_teaching["error"]
+
+    time.sleep(0.5)
+    predicted = running.ctl("predict")
+    assert predicted["label"] == "blue ball" and predicted["truth"] == "blue ball"
+    assert 0 <= predicted["age_s"] < 5
+
+    status = running.ctl("status")
+    assert status["state"] == "idle" and status["classes"] == ["red cube", "blue ball"]
+    assert status["frames"] > 0 and status["jobs_pending"] is False
+
+    saved = running.ctl("save")
+    assert saved["ok"] and saved["bytes"] > 0
+    assert AR1Star.load(saved["checkpoint"]).classes_ == ["red cube", "blue ball"]
+
+    forgot = running.ctl("forget", label="red cube")
+    assert forgot == {"ok": True, "forgot": "red cube", "classes": ["blue ball"]}
+    unknown = running.ctl("forget", label="green cone")
+    assert not unknown["ok"] and "known: ['blue ball']" in unknown["error"]
+    assert running.ctl("labels")["labels"] == ["blue ball"]
+    assert AR1Star.load(saved["checkpoint"]).classes_ == ["blue ball"]
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"status\n", "malformed JSON"),
+        (b"[1, 2]\n", "must be a JSON object"),
+        (b'{"cmd": "dance"}\n', "unknown command 'dance'; commands: forget, labels"),
+        (b'{"label": "cup"}\n', "unknown command None"),
+        (b'{"cmd": "teach"}\n', "teach needs a label"),
+        (b'{"cmd": "teach", "label": ""}\n', "1 to 64 characters"),
+        (b'{"cmd": "teach", "label": "' + "é".encode() * 40 + b'"}\n', "longer than 64 bytes"),
+        (b'{"cmd": "forget", "label": 3}\n', "forget needs a known label"),
+        (b"\xff\xfe\n", "malformed JSON"),
+        (b"x" * 70_000 + b"\n", "longer than 65536 bytes"),
+    ],
+)
+def test_malformed_requests_get_an_error_and_the_server_survives(
+    running: Running, data: bytes, error: str
+) -> None:
+    reply = raw(running.path, data)
+    assert reply.endswith(b"\n")
+    assert error in reply.decode()
+    assert b'"ok": false' in reply
+    assert running.ctl("status")["ok"]
+
+
+def test_several_requests_on_one_connection(running: Running) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(running.path))
+        sock.sendall(b'{"cmd": "labels"}\n\n{"cmd": "nope"}\n{"cmd": "status"}\n')
+        with sock.makefile("rb") as reader:
+            replies = [reader.readline() for _ in range(3)]
+    assert [b'"ok": true' in r for r in replies] == [True, False, True]
+
+
+def test_stale_socket_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "ctl.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()  # the file stays, nobody listens: what a killed process leaves
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    with ControlServer(path, {"ping": lambda request: {"pong": True}}).start():
+        assert send_command(path, {"cmd": "ping"}) == {"ok": True, "pong": True}
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not path.exists()
+
+
+def test_live_socket_and_other_files_are_not_taken(tmp_path: Path) -> None:
+    path = tmp_path / "ctl.sock"
+    with ControlServer(path, {"ping": lambda request: {"pong": True}}).start():
+        with pytest.raises(ControlError, match="another process is serving"):
+            ControlServer(path, {}).start()
+        assert send_command(path, {"cmd": "ping"})["pong"] is True
+    regular = tmp_path / "file.sock"
+    regular.write_text("keep me")
+    with pytest.raises(ControlError, match="is not a socket"):
+        ControlServer(regular, {}).start()
+    assert regular.read_text() == "keep me"
+
+
+def test_client_says_when_nothing_listens(tmp_path: Path) -> None:
+    with pytest.raises(ControlError, match="is `edge-cl run` running"):
+        send_command(tmp_path / "none.sock", {"cmd": "status"}, timeout=2)
+
+
+def test_a_failing_command_does_not_stop_the_server(tmp_path: Path) -> None:
+    def broken(request: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("bug")
+
+    path = tmp_path / "ctl.sock"
+    with ControlServer(path, {"broken": broken, "ping": lambda r: {"pong": 1}}).start():
+        reply = send_command(path, {"cmd": "broken"})
+        assert reply == {"ok": False, "error": "internal error in 'broken': RuntimeError('bug')"}
+        assert send_command(path, {"cmd": "ping"}) == {"ok": True, "pong": 1}

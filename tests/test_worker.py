@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_cl.device.classifier import Classifier, Verdict
+from edge_cl.device.config import DeviceConfig
+from edge_cl.device.worker import LearnerWorker
+from edge_cl.learner.ar1 import AR1Star
+from edge_cl.preprocess import read_image
+
+OBJECTS = ("obj3", "obj11", "obj25", "obj40")
+
+
+@pytest.fixture(scope="module")
+def latents(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """Latents of 36 real COIL-100 views of each object (every 10 degrees)."""
+    config = DeviceConfig(state_dir=tmp_path_factory.mktemp("unused"))
+    classifier = Classifier.open(config)
+    images = datasets / "coil100" / "images"
+    out = {}
+    for obj in OBJECTS:
+        files = sorted(images.glob(f"{obj}__*.png"), key=lambda p: int(p.stem.split("__")[1]))
+        out[obj] = classifier.latents([read_image(f) for f in files[::2]])
+    return out
+
+
+@pytest.fixture
+def classifier(tmp_path: Path) -> Classifier:
+    return Classifier.open(DeviceConfig(state_dir=tmp_path))
+
+
+def test_learning_swaps_the_model_and_checkpoints(
+    classifier: Classifier, latents: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "learner.ckpt"
+    states = []
+    with LearnerWorker(classifier, checkpoint, on_state=states.append) as worker:
+        before = classifier.learner
+        first = worker.learn("obj3", latents["obj3"][:30], since=time.monotonic()).result(60)
+        assert first.ok and first.classes == ("obj3",) and first.patterns == 30
+        assert classifier.learner is not before and before.classes_ == []
+        assert AR1Star.load(checkpoint).classes_ == ["obj3"]
+        second = worker.learn("obj11", latents["obj11"][:30]).result(60)
+        assert second.ok and second.checkpoint_bytes == checkpoint.stat().st_size
+        assert not worker.dirty and not worker.busy
+    assert 0 < first.update_seconds <= first.latency_seconds < 30
+    assert AR1Star.load(checkpoint).classes_ == ["obj3", "obj11"]
+    assert [s.name for s in states[:3]] == ["LEARNING", "SAVING", "IDLE"]
+    held_out = classifier.predict(latents["obj11"][30:])
+    assert [v.label for v in held_out] == ["obj11"] * 6
+
+
+def test_inference_during_training_answers_with_the_old_model(
+    classifier: Classifier, latents: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    with LearnerWorker(classifier, tmp_path / "learner.ckpt") as worker:
+        worker.learn("obj3", latents["obj3"][:30]).result(60)
+        worker.learn("obj11", latents["obj11"][:30]).result(60)
+        old = classifier.learner
+        probe = np.concatenate([latents[o][30:32] for o in OBJECTS])
+        old_answer = classifier.predict(probe)
+        big = np.concatenate([latents["obj25"]] * 5)  # 180 latents: a long update
+        future = worker.learn("obj25", big)
+        answers: list[tuple[float, list[Verdict]]] = []
+        while not future.done():
+            answers.append((time.perf_counter(), classifier.predict(probe)))
+        result = future.result()
+    assert result.ok and result.update_seconds > 0.3
+    new_answer = classifier.predict(probe)
+    assert new_answer != old_answer
+    during = [a for _, a in answers]
+    assert all(a in (old_answer, new_answer) for a in during), "a half-updated model answered"
+    assert during.count(old_answer) >= 10
+    gaps = np.diff([t for t, _ in answers])  # 2 shared cores: allow for the scheduler
+    assert gaps.max() < min(0.6, result.update_seconds / 2), f"inference stalled {gaps.max():.2f} s"
+    assert old.classes_ == ["obj3", "obj11"]  # the old model was never touched
+    assert classifier.predict(probe) == new_answer
+
+
+def test_a_failing_job_keeps_the_previous_model(
+    classifier: Classifier, latents: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "learner.ckpt"
+    reported = []
+    with LearnerWorker(classifier, checkpoint, on_result=reported.append) as worker:
+        worker.learn("obj3", latents["obj3"][:30]).result(60)
+        model, saved = classifier.learner, checkpoint.read_bytes()
+        too_long = worker.learn("x" * 65, latents["obj11"][:30]).result(60)
+        wrong_shape = worker.learn("obj11", latents["obj11"][:30, 0, 0]).result(60)
+        unknown = worker.forget("obj99").result(60)
+        assert worker.learn("obj11", latents["obj11"][:30]).result(60).ok
+    assert not too_long.ok and "1 to 64 characters" in (too_long.error or "")
+    assert not wrong_shape.ok and "(N, h, w, 320)" in (wrong_shape.error or "")
+    assert not unknown.ok and "unknown label 'obj99'" in (unknown.error or "")
+    assert [r.ok for r in reported] == [True, False, False, False, True]
+    assert {r.failed_at for r in reported if not r.ok} == {"update"}
+    assert model.classes_ == ["obj3"] and classifier.learner.classes_ == ["obj3", "obj11"]
+    assert saved != checkpoint.read_bytes()
+
+
+def test_forget_and_save_write_the_checkpoint(
+    classifier: Classifier, latents: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "learner.ckpt"
+    with LearnerWorker(classifier, checkpoint, unknown_accept=0.9) as worker:
+        for obj in OBJECTS[:3]:
+            worker.learn(obj, latents[obj][:30])
+        assert worker.wait_idle(120)
+        assert classifier.learner.config.unknown_threshold > 0  # calibrated on replay
+        forgot = worker.forget("obj11").result(60)
+        assert forgot.ok and forgot.classes == ("obj3", "obj25")
+        assert AR1Star.load(checkpoint).classes_ == ["obj3", "obj25"]
+        checkpoint.unlink()
+        saved = worker.save().result(60)
+    assert saved.ok and saved.checkpoint_bytes == checkpoint.stat().st_size
+
+
+def test_checkpoint_write_failure_is_reported(
+    classifier: Classifier, latents: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with LearnerWorker(classifier, blocker / "learner.ckpt") as worker:
+        result = worker.learn("obj3", latents["obj3"][:30]).result(60)
+        assert worker.dirty
+    assert not result.ok and "cannot write the checkpoint" in (result.error or "")
+    assert result.failed_at == "checkpoint"
+    assert classifier.learner.classes_ == ["obj3"]  # learned, kept in use, save to retry
