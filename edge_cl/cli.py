@@ -9,6 +9,7 @@ import platform
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,6 +140,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return lambda seed: build(name, datasets, seed, images / name)
 
         scenarios = [builder(name) for name in args.scenario]
+    command = "edge-cl " + " ".join(sys.argv[1:])
+
+    def save(result: dict[str, Any], final: bool) -> str:
+        """Write the JSON, the plots and the Markdown summary of the results so far."""
+        result["command"] = command
+        result["extractor"] = ex.artifact.name
+        plots: list[str] = []
+        if args.plots:
+            from edge_cl.bench.plots import plot_study
+
+            base = args.markdown.parent if args.markdown else Path.cwd()
+            plots = [os.path.relpath(p, base) for p in plot_study(result, args.plots)]
+        report = study.markdown_report(result, plots)
+        for path, text in (
+            (args.json, json.dumps(result, indent=1, default=str) + "\n"),
+            (args.markdown, report),
+        ):
+            if path:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                if final:
+                    print(f"wrote {path}")
+        return report
+
     result = study.bench(
         scenarios,
         args.strategies.split(","),
@@ -148,26 +173,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.eval_points,
         args.replay_mb,
         args.epochs,
+        on_ordering=lambda partial: save(partial, final=False),
     )
-    result["command"] = "edge-cl " + " ".join(sys.argv[1:])
-    result["extractor"] = ex.artifact.name
-    plots: list[str] = []
-    if args.plots:
-        from edge_cl.bench.plots import plot_study
-
-        written = plot_study(result, args.plots)
-        base = args.markdown.parent if args.markdown else Path.cwd()
-        plots = [os.path.relpath(p, base) for p in written]
-    report = study.markdown_report(result, plots)
-    print("\n" + report)
-    for path, text in (
-        (args.json, json.dumps(result, indent=1, default=str) + "\n"),
-        (args.markdown, report),
-    ):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path}")
+    print("\n" + save(result, final=True))
     if args.quick:
         failures = study.quick_check(result)
         for failure in failures:

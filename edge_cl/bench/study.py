@@ -384,11 +384,14 @@ def bench(
     replay_mb: float,
     epochs: int,
     progress_stream: TextIO = sys.stderr,
+    on_ordering: Callable[[dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
     """Run strategies ``names`` on ``runs`` orderings of each scenario; JSON-ready results.
 
     ``scenarios`` are builders taking the ordering seed. Each strategy is measured against the
     cumulative strategy of its own features (run it too to get gaps and savings).
+    ``on_ordering`` gets the results so far after every ordering, so a long study can be saved
+    as it goes and stopped at any time.
     """
     table = strategies(replay_mb, epochs)
     unknown = [n for n in names if n not in table]
@@ -399,6 +402,13 @@ def bench(
     records: dict[str, dict[str, Any]] = {}
     progress: Progress | None = None
     image_bytes = 0
+    settings = {
+        "runs": runs,
+        "strategies": list(names),
+        "replay_mb": replay_mb,
+        "epochs": epochs,
+        "eval_points": eval_points,
+    }
     for build in scenarios:
         for seed in range(runs):
             scenario = build(seed)
@@ -422,22 +432,26 @@ def bench(
                     f"{scenario.name} run {seed} {name:22s} final {100 * r['final_accuracy']:5.1f}%"
                     f"  {sum(r['flops']) / 1e9:9.0f} GFLOP  {time.perf_counter() - start:6.1f} s"
                 )
+            if on_ordering is not None:
+                on_ordering(_results(results, records, image_bytes, settings))
+    return _results(results, records, image_bytes, settings)
+
+
+def _results(
+    runs: list[dict[str, Any]],
+    records: dict[str, dict[str, Any]],
+    image_bytes: int,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
     by_scenario = {}
-    for sc in dict.fromkeys(r["scenario"] for r in results):
-        by_scenario[sc] = summarise([r for r in results if r["scenario"] == sc], image_bytes)
+    for sc in dict.fromkeys(r["scenario"] for r in runs):
+        by_scenario[sc] = summarise([r for r in runs if r["scenario"] == sc], image_bytes)
     return {
         "scenarios": records,
         "environment": environment(),
-        "settings": {
-            "runs": runs,
-            "strategies": list(names),
-            "replay_mb": replay_mb,
-            "epochs": epochs,
-            "eval_points": eval_points,
-            "input_image_bytes": image_bytes,
-        },
+        "settings": {**settings, "input_image_bytes": image_bytes},
         "summary": by_scenario,
-        "runs": results,
+        "runs": runs,
     }
 
 
