@@ -306,8 +306,7 @@ def conv_macs(artifact: Artifact, resolution: int) -> int | None:
     conv weights are not initializers. Adds, clips and pads are not counted.
 
     >>> fp32 = Manifest.load().find(cut="latent", format="onnx", precision="fp32")
-    >>> macs = conv_macs(fp32, 224)
-    >>> macs is None or round(macs / 1e6)  # EfficientNet-Lite0 below the head at 224 px
+    >>> round(conv_macs(fp32, 224) / 1e6)  # Lite0 below the head at 224 px (needs onnx: dev)
     364
     """
     try:
