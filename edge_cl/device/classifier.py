@@ -55,7 +55,8 @@ def resume_learner(
     """The learner in ``config.checkpoint``, or a fresh one; and a sentence saying which.
 
     An unusable checkpoint (corrupt, truncated, made with another extractor) is moved aside to
-    ``*.corrupt`` and a fresh learner starts, so a bad file never makes the service crash-loop.
+    ``*.corrupt`` (``*.corrupt.1``, ... if that exists: an earlier one is never overwritten) and
+    a fresh learner starts, so a bad file never makes the service crash-loop.
 
     >>> import tempfile
     >>> from pathlib import Path
@@ -73,6 +74,10 @@ def resume_learner(
         learner = AR1Star.load(path, extractor_sha256=extractor_sha256)
     except CheckpointError as e:
         aside = path.with_name(path.name + ".corrupt")
+        n = 0
+        while aside.exists():  # a wrong-extractor file still holds what was learned: keep each
+            n += 1
+            aside = path.with_name(f"{path.name}.corrupt.{n}")
         os.replace(path, aside)
         log.error("unusable checkpoint %s (%s): moved it to %s, starting fresh", path, e, aside)
         what = f"unusable checkpoint moved to {aside} ({e}): new learner"

@@ -128,7 +128,7 @@ class ControlServer:
         """
         try:
             request = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # too deep
             return _refuse(f'malformed JSON ({e}): send one object per line, {{"cmd": "status"}}')
         if not isinstance(request, dict):
             return _refuse(

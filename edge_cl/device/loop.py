@@ -30,7 +30,7 @@ from edge_cl.device.control import ControlServer, Handler
 from edge_cl.device.mcu import McuBridge
 from edge_cl.device.outputs import MjpegPreview, sd_notify, watchdog_period
 from edge_cl.device.worker import JobResult, LearnerWorker
-from edge_cl.errors import EdgeClError, LabelError
+from edge_cl.errors import EdgeClError, FrameError, LabelError
 from edge_cl.learner.labels import Label, check_label
 from firmware_bridge.protocol import (
     MAX_LABEL_BYTES,
@@ -159,6 +159,7 @@ class DeviceLoop:
         self._queued_teaches: deque[dict[str, Any]] = deque()  # learn jobs run in order
         self._source_stats: dict[str, Any] = {}
         self._frames = 0
+        self._bad_frames = 0  # unusable frames from the source (empty), dropped
         self._labelled = 0
         self._unknown = 0
         self._scored = [0, 0]  # frames with a truth (not teaching), correct ones
@@ -170,7 +171,11 @@ class DeviceLoop:
     def teach(self, label: str) -> dict[str, Any]:
         """Start collecting frames of ``label``; ``TeachError`` if already teaching."""
         checked = check_label(label)
-        if len(str(checked).encode()) > MAX_LABEL_BYTES:
+        try:
+            size = len(str(checked).encode())
+        except UnicodeEncodeError as e:  # a lone surrogate, e.g. "\ud800" in the JSON request
+            raise LabelError(f"label {label!r} is not valid Unicode text: {e.reason}") from e
+        if size > MAX_LABEL_BYTES:
             raise LabelError(f"label {label!r} is longer than {MAX_LABEL_BYTES} bytes of UTF-8")
         with self._lock:
             if self._teach is not None:
@@ -445,7 +450,17 @@ class DeviceLoop:
         while not self._stopping.is_set():
             frame = latest.get(timeout=0.25)
             if frame is not None:
-                self._process(frame, preview)
+                try:
+                    self._process(frame, preview)
+                except FrameError as e:  # a camera glitch (empty frame): drop it, keep running
+                    self._bad_frames += 1
+                    if self._bad_frames == 1 or self._bad_frames % 1000 == 0:
+                        log.warning(
+                            "dropped unusable frame %d (%d so far): %s",
+                            frame.index,
+                            self._bad_frames,
+                            e,
+                        )
             elif latest.ended:
                 self.request_stop("end of source")
             now = time.monotonic()
@@ -566,13 +581,15 @@ class DeviceLoop:
         return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def summary(self, seconds: float, source: str) -> dict[str, Any]:
-        """Frames, fps, predictions, accuracy against the frames' truth (when the source knows
-        it; frames shown while teaching are left out), teach latencies, classes, checkpoint."""
+        """Frames (and unusable ones dropped), fps, predictions, accuracy against the frames'
+        truth (when the source knows it; frames shown while teaching are left out), teach
+        latencies, classes, checkpoint."""
         assert self.classifier is not None
         latencies = np.array(self._latencies) if self._latencies else np.zeros(1)
         scored, known = self._scored, self._scored_known
         return {
             "frames": self._frames,
+            "bad_frames": self._bad_frames,
             "seconds": round(seconds, 3),
             "fps": round(self._frames / seconds, 2) if seconds > 0 else 0.0,
             "predictions": self._labelled,

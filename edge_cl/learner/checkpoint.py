@@ -41,6 +41,9 @@ def save_state(
 ) -> int:
     """Write ``meta`` (JSON-able) and ``arrays`` atomically to ``path``; returns bytes written.
 
+    A failed write (disk full, read-only folder) raises ``CheckpointError`` and leaves any
+    previous checkpoint at ``path`` as it was.
+
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "state.ckpt"
     >>> n = save_state(p, {"kind": "demo"}, {"w": np.arange(3.0)})
@@ -62,9 +65,10 @@ def save_state(
     digest = hashlib.sha256(meta_bytes + data).digest()
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(meta_bytes), len(data), digest)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp: str | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(header)
             f.write(meta_bytes)
@@ -72,8 +76,14 @@ def save_state(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # disk full, read-only, no permission: say what is left
+            raise CheckpointError(
+                f"cannot write checkpoint {target} ({e}); any previous checkpoint there is "
+                "unchanged: free space or fix the folder, then save again"
+            ) from e
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
