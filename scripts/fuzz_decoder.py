@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import struct
 import sys
 import tempfile
@@ -262,6 +263,7 @@ def fuzz_atheris(inputs: int, seed: int, report: Path | None, command: str) -> N
             print(text, flush=True)
             if report is not None:
                 report.write_text(text + "\n")
+            shutil.rmtree(corpus, ignore_errors=True)
             os._exit(1 if summary["failures"] else 0)
 
     atheris.Setup([sys.argv[0], str(corpus), "-max_len=1024", f"-seed={seed + 1}"], one_input)
