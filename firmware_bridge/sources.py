@@ -109,6 +109,13 @@ class FrameSource(ABC):
 
     name: str = "source"
 
+    @property
+    def on_demand(self) -> bool:
+        """Whether frames are made when asked for (an unpaced replay), rather than arriving at
+        their own pace (a camera, a paced replay): :class:`LatestFrame` then reads the next
+        frame only once the last one was taken, instead of reading and dropping frames."""
+        return False
+
     def open(self) -> None:  # noqa: B027 (sources without a device have nothing to open)
         """Start delivering frames; raises :class:`CameraError` saying what to do."""
 
@@ -195,6 +202,11 @@ class _Replay(FrameSource):
         self._t0: float | None = None
         self._is_open = False
         self._ended = False
+
+    @property
+    def on_demand(self) -> bool:
+        """True without ``fps``: frames are read (rendered, decoded) as fast as they are taken."""
+        return self.fps is None
 
     def open(self) -> None:
         """Start the stream from its first frame (a second ``open`` restarts it)."""
@@ -1038,6 +1050,9 @@ class LatestFrame:
 
     Inference takes frames with :meth:`get` at its own pace and never falls behind the camera:
     a frame not taken before the next one arrives is dropped (counted in ``stats``). A source
+    whose frames are made on demand (an unpaced replay, ``FrameSource.on_demand``) is read one
+    frame ahead of the consumer instead, so no frame is dropped and no core spins rendering
+    frames nobody takes. A source
     that raises :class:`CameraError` (camera unplugged) is closed and reopened, waiting
     ``backoff[0]`` seconds, then twice as long after each failure up to ``backoff[1]``, until it
     delivers again or :meth:`stop` is called; with ``reopen=False`` the stream ends instead.
@@ -1102,6 +1117,7 @@ class LatestFrame:
             frame, self._frame = self._frame, None
             if frame is not None:
                 self._stats["delivered"] += 1
+                self._cond.notify_all()
             return frame
 
     @property
@@ -1138,6 +1154,11 @@ class LatestFrame:
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
+                if self.source.on_demand:
+                    with self._cond:
+                        self._cond.wait_for(lambda: self._frame is None or self._stopping.is_set())
+                    if self._stopping.is_set():
+                        break
                 try:
                     frame = self.source.read()
                 except CameraError as exc:

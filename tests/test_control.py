@@ -176,3 +176,38 @@ def test_a_failing_command_does_not_stop_the_server(tmp_path: Path) -> None:
         reply = send_command(path, {"cmd": "broken"})
         assert reply == {"ok": False, "error": "internal error in 'broken': RuntimeError('bug')"}
         assert send_command(path, {"cmd": "ping"}) == {"ok": True, "pong": 1}
+
+
+def test_classification_slows_to_learning_fps_while_the_learner_trains(tmp_path: Path) -> None:
+    config = DeviceConfig(
+        state_dir=tmp_path / "state", control_socket=tmp_path / "c.sock", learning_fps=4, epochs=400
+    )
+    scene = SyntheticScene(size=(160, 120))  # unpaced: as fast as the loop takes frames
+    seen: list[tuple[float, bool]] = []
+
+    def observe(frame: object, verdict: object) -> None:
+        assert loop.worker is not None
+        seen.append((time.monotonic(), loop.worker.busy))
+
+    loop = DeviceLoop(config, scene, observer=observe)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    try:
+        assert loop.ready.wait(60)
+        scene.show("red cube")
+        loop.teach("red cube")
+        while loop.status()["teach_frames"] < 30:
+            time.sleep(0.01)
+        future, _ = loop.stop_teach()
+        assert future is not None
+        started = time.monotonic()
+        assert future.result(120).ok
+        busy_seconds = time.monotonic() - started
+    finally:
+        loop.request_stop()
+        thread.join(60)
+    while_busy = [t for t, busy in seen if busy and t >= started]
+    before = [t for t, _ in seen if t < started]
+    free_rate = len(before) / (before[-1] - before[0])
+    assert busy_seconds > 0.5 and free_rate > 4 * config.learning_fps  # the limit binds
+    assert len(while_busy) <= busy_seconds * config.learning_fps + 2

@@ -514,7 +514,7 @@ def slow_sink(frame, verdict):  # a slow display or link, on the loop's thread
 
 state = Path(sys.argv[1])
 config = DeviceConfig(state_dir=state, control_socket=state / "c.sock", threads=1, max_seconds=4)
-scene = SyntheticScene(size=(320, 240))  # unpaced: as fast as it renders
+scene = SyntheticScene(size=(320, 240), fps=500)  # a camera far faster than the sink
 scene.show("red cube")
 summary = DeviceLoop(config, scene, observer=slow_sink).run()
 print(json.dumps({"summary": summary, "latency": latency, "rss": rss, "peak": vm("VmPeak")}))

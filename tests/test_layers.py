@@ -107,6 +107,54 @@ def test_linear_and_conv1x1_gradients() -> None:
     np.testing.assert_allclose(conv.forward(x, train=False), expected, rtol=1e-12)
 
 
+def test_frozen_input_skips_the_input_gradient_and_keeps_the_weight_gradient() -> None:
+    rng = np.random.default_rng(5)
+    weight, x = rng.normal(size=(5, 3)), rng.normal(size=(2, 2, 3, 5))
+    dy = rng.normal(size=(2, 2, 3, 3))
+    full, frozen = (Conv1x1(5, 3, weight=weight, dtype=F64, input_grad=g) for g in (True, False))
+    for conv in (full, frozen):
+        conv.forward(x, train=True)
+    assert full.backward(dy).shape == x.shape
+    assert frozen.backward(dy).size == 0
+    np.testing.assert_array_equal(frozen.grads["weight"], full.grads["weight"])
+
+
+def test_inplace_relu6_clips_its_input_and_has_the_same_gradient() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-2.0, 8.0, size=(3, 4))
+    dy = rng.normal(size=x.shape)
+    copy_relu, inplace_relu = ReLU6(), ReLU6(inplace=True)
+    y = copy_relu.forward(x, train=True)
+    expected = copy_relu.backward(dy)
+    x2 = x.copy()
+    y2 = inplace_relu.forward(x2, train=True)
+    assert y2 is x2 and (x < 0).any() and not (x2 < 0).any()  # copy_relu left x alone
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(inplace_relu.backward(dy), expected)
+
+
+def test_inplace_batch_renorm_matches_the_copying_one() -> None:
+    rng = np.random.default_rng(8)
+    x, dy = rng.normal(2.0, 3.0, size=(6, 4)), rng.normal(size=(6, 4))
+    layers = [BatchRenorm(4, r_max=1.25, d_max=0.5, dtype=F64, inplace=i) for i in (False, True)]
+    outs = []
+    for bn in layers:
+        train, grad = bn.forward(x.copy(), train=True), bn.backward(dy)
+        outs.append((train, grad, bn.forward(x.copy(), train=False)))
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    np.testing.assert_allclose(layers[0].running_mean, layers[1].running_mean, rtol=1e-12)
+
+
+def test_each_training_forward_allows_one_backward() -> None:
+    x = np.random.default_rng(7).normal(size=(4, 3))
+    for layer in (BatchRenorm(3, dtype=F64), ReLU6()):
+        y = layer.forward(x, train=True)
+        layer.backward(np.ones_like(y))
+        with pytest.raises(RuntimeError, match="train=True"):
+            layer.backward(np.ones_like(y))
+
+
 def test_relu6_and_pool_gradients() -> None:
     rng = np.random.default_rng(1)
     x = rng.uniform(-2.0, 8.0, size=(3, 2, 2, 4))

@@ -311,6 +311,20 @@ def test_latest_frame_drops_old_frames_and_keeps_the_newest() -> None:
     assert stats["reopens"] == stats["errors"] == 0 and latest.last_error is None
 
 
+def test_latest_frame_reads_an_unpaced_replay_one_frame_ahead_and_drops_nothing() -> None:
+    scene = SyntheticScene(size=(64, 48))
+    assert scene.on_demand and not SyntheticScene(fps=30).on_demand
+    with LatestFrame(scene) as latest:
+        indices = []
+        for _ in range(4):
+            time.sleep(0.05)  # a slow consumer: an unpaced reader would render ~50 frames
+            assert latest.stats["read"] == len(indices) + 1  # only the next one is ready
+            frame = latest.get(timeout=5.0)
+            assert frame is not None
+            indices.append(frame.index)
+    assert indices == [0, 1, 2, 3] and latest.stats["dropped"] == 0
+
+
 def test_latest_frame_ends_with_a_finite_stream(datasets: Path) -> None:
     root = datasets / "core50-samples" / "core50_128x128" / "s2"
     with LatestFrame(open_source(str(root))) as latest:

@@ -33,6 +33,7 @@ def _write_summary(summary: dict[str, Any], path: Path | None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """The device loop: camera -> extractor -> learner -> MCU, control socket, checkpoints."""
     from edge_cl.device.loop import DeviceLoop
+    from edge_cl.device.outputs import limit_malloc_arenas
 
     options = {
         "source": args.source,
@@ -51,6 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         given["source"] = camera
     _logging(logging.INFO)
     config = load_config(args.config, {**parse_assignments(args.set), **given})
+    limit_malloc_arenas()
     _write_summary(DeviceLoop(config).run(), args.json)
     return 0
 
@@ -58,8 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic scene (or --source images) + emulated MCU + device loop, in about a minute."""
     from edge_cl.device.demo import run_demo
+    from edge_cl.device.outputs import limit_malloc_arenas
 
     _logging(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+    limit_malloc_arenas()
     summary = run_demo(
         getattr(args, "images", None),
         args.state_dir,

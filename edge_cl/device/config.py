@@ -57,6 +57,8 @@ class DeviceConfig:
     - ``models``, ``cut`` (``latent`` or ``pool``, also the learner's depth), ``runtime``,
       ``precision``, ``resolution`` (multiple of 32), ``threads``: the frozen extractor.
     - ``replay_mb``, ``replay_per_epoch``, ``epochs``: the AR1* learner (see ``AR1Config``).
+    - ``learning_fps``: while the learner trains, frames are classified at most this often, so
+      the update gets the cores and a teach is learned sooner (0: no limit).
     - ``teach_max_frames``: latents kept while teach is held (evenly thinned beyond it);
       ``teach_target_frames``: how many of them one learned batch takes, evenly spaced.
     - ``unknown_accept``: after each update the unknown threshold is set so that this fraction
@@ -89,6 +91,7 @@ class DeviceConfig:
     replay_mb: float = 8.0
     replay_per_epoch: int = 256
     epochs: int = 4
+    learning_fps: float = 5.0
     teach_max_frames: int = 120
     teach_target_frames: int = 30
     unknown_accept: float = 0.99
@@ -123,6 +126,7 @@ class DeviceConfig:
         )
         need(0.0 < self.unknown_accept <= 1.0, "unknown_accept", "must be in (0, 1]")
         need(self.replay_mb >= 0, "replay_mb", "must be >= 0")
+        need(self.learning_fps >= 0, "learning_fps", "must be >= 0 (0: no limit)")
         for key in ("prediction_hz", "log_interval", "preview_fps"):
             need(getattr(self, key) > 0, key, "must be > 0")
         for key in ("fps", "max_seconds"):

@@ -28,7 +28,7 @@ from edge_cl.device.classifier import Classifier, Verdict
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.control import ControlServer, Handler
 from edge_cl.device.mcu import McuBridge
-from edge_cl.device.outputs import MjpegPreview, sd_notify, watchdog_period
+from edge_cl.device.outputs import MjpegPreview, memory_mb, sd_notify, watchdog_period
 from edge_cl.device.worker import JobResult, LearnerWorker
 from edge_cl.errors import EdgeClError, FrameError, LabelError
 from edge_cl.learner.labels import Label, check_label
@@ -166,6 +166,7 @@ class DeviceLoop:
         self._scored_known = [0, 0]  # the same, only where the truth was a known class
         self._latencies: deque[float] = deque(maxlen=2000)
         self._interval = {"frames": 0, "latency": 0.0, "start": 0.0}
+        self._last_frame = 0.0  # monotonic time the last frame was taken
 
     # ------------------------------------------------------------------- teaching, control
     def teach(self, label: str) -> dict[str, Any]:
@@ -254,6 +255,7 @@ class DeviceLoop:
             "jobs_pending": self.worker.busy if self.worker else False,
             "checkpoint": str(self.config.checkpoint),
             "mcu": self.bridge.connected if self.bridge else None,
+            "memory_mb": memory_mb(),
         }
 
     def _status_message(self) -> Status:
@@ -448,8 +450,11 @@ class DeviceLoop:
         next_ping, ping = start, watchdog_period()
         self._interval["start"] = start
         while not self._stopping.is_set():
-            frame = latest.get(timeout=0.25)
-            if frame is not None:
+            pause = self._learning_pause()
+            if pause > 0:
+                self._stopping.wait(pause)
+            elif (frame := latest.get(timeout=0.25)) is not None:
+                self._last_frame = time.monotonic()
                 try:
                     self._process(frame, preview)
                 except FrameError as e:  # a camera glitch (empty frame): drop it, keep running
@@ -474,6 +479,14 @@ class DeviceLoop:
             if now >= next_ping and self.ready.is_set():
                 sd_notify("WATCHDOG=1")
                 next_ping = now + ping
+
+    def _learning_pause(self) -> float:
+        """Seconds to wait before taking the next frame: while the learner trains, frames are
+        taken at most ``learning_fps`` times a second, so the update gets the cores."""
+        limit = self.config.learning_fps
+        if not limit or self.worker is None or not self.worker.busy:
+            return 0.0
+        return min(0.25, self._last_frame + 1.0 / limit - time.monotonic())
 
     def _process(self, frame: CapturedFrame, preview: MjpegPreview | None) -> None:
         assert self.classifier is not None
@@ -583,7 +596,7 @@ class DeviceLoop:
     def summary(self, seconds: float, source: str) -> dict[str, Any]:
         """Frames (and unusable ones dropped), fps, predictions, accuracy against the frames'
         truth (when the source knows it; frames shown while teaching are left out), teach
-        latencies, classes, checkpoint."""
+        latencies, classes, checkpoint, resident memory (now and peak)."""
         assert self.classifier is not None
         latencies = np.array(self._latencies) if self._latencies else np.zeros(1)
         scored, known = self._scored, self._scored_known
@@ -609,4 +622,5 @@ class DeviceLoop:
             "source": self._source_stats or {"name": source},
             "mcu": self.bridge.summary() if self.bridge is not None else None,
             "stopped_by": self._stopped_by,
+            "memory_mb": memory_mb(),
         }

@@ -160,13 +160,19 @@ class AR1Star:
     def _latent_layers(self, head: dict[str, np.ndarray] | None) -> list[Layer]:
         c = self.config
         if head is None:
-            conv = Conv1x1(LATENT_CHANNELS, POOL_CHANNELS, rng=np.random.default_rng(c.seed))
-            norm = BatchRenorm(POOL_CHANNELS, momentum=c.brn_momentum_first)
+            conv = Conv1x1(
+                LATENT_CHANNELS,
+                POOL_CHANNELS,
+                rng=np.random.default_rng(c.seed),
+                input_grad=False,
+            )
+            norm = BatchRenorm(POOL_CHANNELS, momentum=c.brn_momentum_first, inplace=True)
         else:
             conv = Conv1x1(
                 LATENT_CHANNELS,
                 POOL_CHANNELS,
                 weight=np.ascontiguousarray(head["conv_head.weight"].T, dtype=np.float32),
+                input_grad=False,
             )
             norm = BatchRenorm(
                 POOL_CHANNELS,
@@ -176,8 +182,9 @@ class AR1Star:
                 running_var=head["bn.var"].astype(np.float32),
                 eps=float(head["bn.eps"]),
                 momentum=c.brn_momentum_first,
+                inplace=True,
             )
-        return [conv, norm, ReLU6(), GlobalAvgPool()]
+        return [conv, norm, ReLU6(inplace=True), GlobalAvgPool()]
 
     @property
     def classes_(self) -> list[Label]:
@@ -325,14 +332,16 @@ class AR1Star:
         return flops
 
     def _train_flops(self, shape: tuple[int, ...], slots: int, deep: bool) -> int:
-        """Forward FLOPs x3 (forward + backward) for the trained layers, x1 for frozen ones."""
+        """Matmul FLOPs: forward, weight gradient and input gradient of the output layer; the
+        conv_head's forward, plus its weight gradient when trained (its input is frozen, so it
+        has no input gradient)."""
         n = shape[0]
         out = 2 * n * POOL_CHANNELS * slots
         if self.config.depth == "pool":
             return 3 * out
         hw = shape[1] * shape[2]
         conv = 2 * n * hw * LATENT_CHANNELS * POOL_CHANNELS
-        return 3 * (conv + out) if deep else conv + 3 * out
+        return (2 * conv if deep else conv) + 3 * out
 
     def _end_batch(self, present: np.ndarray, cur: np.ndarray) -> None:
         if self.config.cwr:
@@ -384,8 +393,9 @@ class AR1Star:
             self.si_anchor[key] = p.copy()
 
     # ---------------------------------------------------------------------------- predicting
-    def decision_function(self, latents: np.ndarray, chunk: int = 512) -> np.ndarray:
-        """Logits over ``classes_`` (forgotten classes dropped), computed in chunks."""
+    def decision_function(self, latents: np.ndarray, chunk: int = 128) -> np.ndarray:
+        """Logits over ``classes_`` (forgotten classes dropped), in chunks of ``chunk`` patterns
+        (bounding the activations in memory: about 10 MB per chunk of 128 at 128 px)."""
         if len(self.labels) == 0:
             raise NotFittedError("the learner has not learned any class yet: call partial_fit")
         x = self._check_input(latents)

@@ -51,19 +51,20 @@ def save_state(
     [0.0, 1.0, 2.0]
     """
     index: dict[str, list[Any]] = {}
-    chunks: list[bytes] = []
+    chunks: list[memoryview] = []
     offset = 0
     for name, arr in arrays.items():
         a = np.asarray(arr, order="C")
         if a.dtype.hasobject:
             raise CheckpointError(f"array {name!r} has dtype object and cannot be saved")
         index[name] = [a.dtype.str, list(a.shape), offset]
-        chunks.append(a.tobytes())
+        chunks.append(a.reshape(-1).data.cast("B"))  # the array's own bytes, no copy
         offset += a.nbytes
     meta_bytes = json.dumps({**meta, "arrays": index}, sort_keys=True).encode()
-    data = b"".join(chunks)
-    digest = hashlib.sha256(meta_bytes + data).digest()
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(meta_bytes), len(data), digest)
+    sha = hashlib.sha256(meta_bytes)
+    for chunk in chunks:
+        sha.update(chunk)
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(meta_bytes), offset, sha.digest())
     target = Path(path)
     tmp: str | None = None
     try:
@@ -72,7 +73,8 @@ def save_state(
         with os.fdopen(fd, "wb") as f:
             f.write(header)
             f.write(meta_bytes)
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -90,7 +92,7 @@ def save_state(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return _HEADER.size + len(meta_bytes) + len(data)
+    return _HEADER.size + len(meta_bytes) + offset
 
 
 def load_state(
