@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -164,17 +165,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     print(f"wrote {path}")
         return report
 
-    result = study.bench(
-        scenarios,
-        args.strategies.split(","),
-        cache,
-        head_arrays(manifest.head()),
-        args.runs,
-        args.eval_points,
-        args.replay_mb,
-        args.epochs,
-        on_ordering=lambda partial: save(partial, final=False),
-    )
+    try:  # numpy's BLAS gets --threads too: studies run side by side must not oversubscribe
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        limits: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(args.threads)
+    with limits:
+        result = study.bench(
+            scenarios,
+            args.strategies.split(","),
+            cache,
+            head_arrays(manifest.head()),
+            args.runs,
+            args.eval_points,
+            args.replay_mb,
+            args.epochs,
+            on_ordering=lambda partial: save(partial, final=False),
+        )
     print("\n" + save(result, final=True))
     if args.quick:
         failures = study.quick_check(result)
@@ -198,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--runtime", choices=sorted(RUNTIME_FORMATS), default="onnx")
         p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
         p.add_argument("--resolution", type=int, default=None, help="multiple of 32 (128)")
-        p.add_argument("--threads", type=int, default=1)
+        p.add_argument(
+            "--threads", type=int, default=1, help="extractor threads (bench: numpy's too)"
+        )
         p.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
 
     classify = sub.add_parser("classify", help=cmd_classify.__doc__)

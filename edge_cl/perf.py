@@ -205,7 +205,7 @@ def emulation(
     return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's name from /proc/cpuinfo (``model name``, or ``Model``/``Hardware`` on ARM)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -273,7 +273,7 @@ def bench_machine(settings: PerfSettings, log: Log) -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cores": _cores(),
         "cpu_features": cpu_features(),
         "numpy_blas": _numpy_blas(),
@@ -579,7 +579,7 @@ def _wait_ready(notify: socket.socket, pid: int, timeout: float, log_file: Path)
     raise PerfError(f"edge-cl run made no prediction within {timeout:.0f} s:\n{_tail(log_file)}")
 
 
-def _seed_checkpoint(config: DeviceConfig, replay: int) -> int:
+def seed_checkpoint(config: DeviceConfig, replay: int) -> int:
     """Write the checkpoint a device has after a while: 10 classes and its replay memory full
     (up to ``replay`` patterns), so a teach replays what it would in service; returns the fill."""
     from edge_cl.backends import RUNTIME_FORMATS
@@ -659,7 +659,7 @@ def bench_loop(settings: PerfSettings, models: Path | None, log: Log) -> dict[st
         }
         config = load_config(None, overrides)
         render = _render_seconds(settings)
-        memory = _seed_checkpoint(config, settings.replay)
+        memory = seed_checkpoint(config, settings.replay)
         log(f"device loop: checkpoint with 10 classes and {memory} replay patterns")
         sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
         keys = (

@@ -96,6 +96,23 @@ def test_first_batch_ramps_batch_renorm_then_slows_its_statistics() -> None:
     assert (norm.r_max, norm.d_max) == (1.25, 0.5)
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.1, 1.0])
+def test_latent_lr_scale_scales_the_latent_layers_step_only(scale: float) -> None:
+    x, y = blobs(np.random.default_rng(0), [0, 1], 20, (2, 2, 320))
+    before = AR1Star(depth="latent", epochs=1, minibatch=64)
+    conv0 = before.latent[0].params["weight"].copy()
+    steps = {}
+    for s in (1.0, scale):
+        learner = AR1Star(depth="latent", epochs=1, minibatch=64, latent_lr_scale=s)
+        learner.partial_fit(x, y)  # one minibatch: one SGD step from rest, so step = lr * grad
+        steps[s] = (learner.latent[0].params["weight"] - conv0, learner.cw.copy())
+    full = steps[1.0][0]
+    assert np.abs(full).max() > 0
+    tol = 1e-2 * np.abs(full).max()  # float32 rounding of weight - initial weight
+    np.testing.assert_allclose(steps[scale][0], scale * full, rtol=0, atol=tol)
+    np.testing.assert_array_equal(steps[scale][1], steps[1.0][1])  # the output layer: same step
+
+
 def test_forget_drops_weights_counts_and_replay() -> None:
     rng = np.random.default_rng(0)
     learner = AR1Star(depth="pool", epochs=2, replay_mb=1)

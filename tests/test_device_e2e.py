@@ -108,7 +108,10 @@ def test_run_learns_from_the_mcu_and_survives_kill_9(datasets: Path, tmp_path: P
     stream = tmp_path / "stream.txt"
     write_stream(images, stream)
     state, sock = tmp_path / "state", tmp_path / "ctl.sock"
+    # learning_fps = FPS: every replayed frame is classified even while learning, so each test
+    # window gets its PREDICTIONs on a loaded machine (test_control covers the slow-down)
     common = ["--state-dir", str(state), "--set", f"control_socket={sock}", "--set", f"fps={FPS}"]
+    common += ["--set", f"learning_fps={FPS}"]
     source = f"filelist:{stream}@{images}"
     with Emulator.over_pty() as mcu, (tmp_path / "run1.log").open("w") as log:
         mcu.start()

@@ -247,6 +247,18 @@ def test_unusable_checkpoint_is_moved_aside_not_deleted_so_nothing_learned_is_lo
         assert AR1Star.load(aside, extractor_sha256=other).classes_ == learned.classes_
 
 
+def test_temporaries_of_writes_cut_short_are_removed_at_start(tmp_path: Path) -> None:
+    config = DeviceConfig(state_dir=tmp_path, cut="pool")
+    sha = "0" * 64
+    new_learner(config, sha, Manifest.load()).save(config.checkpoint)
+    leftover = tmp_path / ".learner.ckpt.k9x2.tmp"  # what save_state's mkstemp names
+    leftover.write_bytes(config.checkpoint.read_bytes()[:100])
+    other = tmp_path / ".other.ckpt.k9x2.tmp"
+    other.write_bytes(b"not ours")
+    _, what = resume_learner(config, sha, Manifest.load())
+    assert what.startswith("resumed") and not leftover.exists() and other.exists()
+
+
 def test_a_second_unusable_checkpoint_does_not_overwrite_the_first_one_moved_aside(
     tmp_path: Path, manifest: Manifest
 ) -> None:

@@ -29,6 +29,7 @@ from edge_cl.imagenet import PretrainedHead
 from edge_cl.learner.ar1 import AR1Star, Cumulative, CWRStar, NaiveFineTune
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
 from edge_cl.learner.labels import Label
+from edge_cl.perf import cpu_model
 
 # float32 / uint8 bytes per stored pattern (see ReplayMemory.footprint): the "samecount"
 # strategies give float32 replay the bytes to hold as many patterns as uint8 does in replay_mb,
@@ -75,6 +76,11 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
     table = [
         Strategy("ar1-latent", "latent", ar1("latent", replay_per_epoch=256)),
         Strategy(
+            "ar1-latent-reference",
+            "latent",
+            ar1("latent", replay_per_epoch=256, latent_lr_scale=1.0),
+        ),
+        Strategy(
             "ar1-latent-tuned",
             "latent",
             ar1(
@@ -82,6 +88,7 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
                 replay_per_epoch=256,
                 brn_momentum=1e-3,
                 replay_policy="class_balanced",
+                latent_lr_scale=1.0,
             ),
         ),
         Strategy(
@@ -326,19 +333,10 @@ def environment() -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    cpu = platform.processor()
-    try:
-        info = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        info = []
-    for line in info:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "versions": versions,
     }

@@ -20,6 +20,7 @@ from edge_cl.device.config import DeviceConfig
 from edge_cl.errors import CheckpointError
 from edge_cl.imagenet import head_arrays
 from edge_cl.learner.ar1 import AR1Star
+from edge_cl.learner.checkpoint import remove_leftovers
 from edge_cl.learner.labels import Label
 from edge_cl.manifest import Manifest
 
@@ -56,7 +57,8 @@ def resume_learner(
 
     An unusable checkpoint (corrupt, truncated, made with another extractor) is moved aside to
     ``*.corrupt`` (``*.corrupt.1``, ... if that exists: an earlier one is never overwritten) and
-    a fresh learner starts, so a bad file never makes the service crash-loop.
+    a fresh learner starts, so a bad file never makes the service crash-loop. Temporary files
+    left by a write that a crash cut short are deleted first.
 
     >>> import tempfile
     >>> from pathlib import Path
@@ -68,6 +70,8 @@ def resume_learner(
     ([], True, False)
     """
     path = config.checkpoint
+    for leftover in remove_leftovers(path):
+        log.warning("removed %s, left by a checkpoint write cut short", leftover)
     if not path.exists():
         return new_learner(config, extractor_sha256, manifest), f"no checkpoint at {path}: new"
     try:

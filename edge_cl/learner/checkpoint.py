@@ -95,6 +95,28 @@ def save_state(
     return _HEADER.size + len(meta_bytes) + offset
 
 
+def remove_leftovers(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that writes of ``path`` killed mid-way left beside it (a
+    crash or power cut between creating and renaming them); returns what was removed. Call it
+    only while nothing else writes this checkpoint, e.g. when the service starts.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "state.ckpt"
+    >>> _ = (p.parent / ".state.ckpt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    >>> [f.name for f in remove_leftovers(p)], list(p.parent.iterdir())
+    (['.state.ckpt.x1y2.tmp'], [])
+    """
+    target = Path(path)
+    removed = []
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        try:
+            leftover.unlink()
+        except OSError:
+            continue
+        removed.append(leftover)
+    return removed
+
+
 def load_state(
     path: str | os.PathLike[str],
     kind: str | None = None,
