@@ -29,7 +29,7 @@ import numpy as np
 from edge_cl import perf
 from edge_cl.device.classifier import Classifier
 from edge_cl.device.config import load_config
-from edge_cl.device.worker import CALIBRATION_PATTERNS
+from edge_cl.device.worker import calibrate_on_replay
 from edge_cl.learner.ar1 import AR1Star
 
 
@@ -61,9 +61,7 @@ def main() -> None:
             model.partial_fit(latents, ["new"] * len(latents))
 
         def step_calibrate() -> None:
-            assert model.memory is not None
-            x, _ = model.memory.sample(min(CALIBRATION_PATTERNS, len(model.memory)))
-            model.calibrate_unknown(x, accept=config.unknown_accept)
+            calibrate_on_replay(model, config.unknown_accept)
 
         def step_save() -> None:
             model.save(tmp / "profile.ckpt")

@@ -32,6 +32,16 @@ CALIBRATION_PATTERNS = 512
 """Replayed patterns the unknown threshold is calibrated on after each update."""
 
 
+def calibrate_on_replay(model: AR1Star, accept: float) -> None:
+    """Set ``model``'s unknown threshold so ``accept`` of up to ``CALIBRATION_PATTERNS`` replayed
+    (taught) patterns pass; nothing with ``accept >= 1``, no replay, or fewer than two classes."""
+    memory = model.memory
+    if accept >= 1.0 or memory is None or len(memory) == 0 or len(model.classes_) < 2:
+        return
+    x, _ = memory.sample(min(CALIBRATION_PATTERNS, len(memory)))
+    model.calibrate_unknown(x, accept=accept)
+
+
 @dataclass(frozen=True)
 class JobResult:
     """What one job did. ``ok`` is False when it failed (``error`` says why, ``failed_at`` where:
@@ -231,12 +241,7 @@ class LearnerWorker:
         return replace(result, checkpoint_bytes=size)
 
     def _calibrate(self, model: AR1Star) -> None:
-        memory = model.memory
-        if self.unknown_accept >= 1.0 or memory is None or len(model.classes_) < 2:
-            return
-        if len(memory):
-            x, _ = memory.sample(min(CALIBRATION_PATTERNS, len(memory)))
-            model.calibrate_unknown(x, accept=self.unknown_accept)
+        calibrate_on_replay(model, self.unknown_accept)
 
     def _classes(self) -> tuple[Label, ...]:
         return tuple(self.classifier.learner.classes_)
