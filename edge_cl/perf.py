@@ -38,7 +38,7 @@ import numpy as np
 
 from edge_cl import __version__
 from edge_cl.errors import BackendUnavailableError, EdgeClError, MissingExtraError
-from edge_cl.learner.ar1 import LATENT_CHANNELS, POOL_CHANNELS, AR1Star
+from edge_cl.learner.ar1 import LATENT_CHANNELS, POOL_CHANNELS, AR1Config, AR1Star
 from edge_cl.manifest import Artifact, Manifest
 
 if TYPE_CHECKING:
@@ -422,12 +422,13 @@ LATENT_SHAPES = {"latent": (4, 4, LATENT_CHANNELS), "pool": (POOL_CHANNELS,)}
 def _filled_learner(
     depth: str, settings: PerfSettings, head: dict[str, np.ndarray] | None
 ) -> AR1Star:
-    """An AR1* learner (device defaults) whose uint8 replay memory holds ``settings.replay``
+    """An AR1* learner (device defaults) whose replay memory holds ``settings.replay``
     patterns of 10 classes, filled by one cheap 1-epoch update (it is not timed)."""
     from edge_cl.learner.replay import LABEL_DTYPE, Codec
 
     shape = LATENT_SHAPES[depth]
-    per_pattern = Codec("uint8", shape).bytes_per_pattern + LABEL_DTYPE.itemsize
+    codec = Codec(AR1Config().replay_codec, shape)
+    per_pattern = codec.bytes_per_pattern + LABEL_DTYPE.itemsize
     replay_mb = (settings.replay + 0.5) * per_pattern / 2**20
     learner = AR1Star(head if depth == "latent" else None, depth=depth, replay_mb=replay_mb)
     rng = np.random.default_rng(1)
@@ -480,6 +481,7 @@ def bench_learner(
                             "replay_per_epoch": per_epoch,
                             "replayed": memory if per_epoch is None else min(per_epoch, memory),
                             "epochs": learner.config.epochs,
+                            "latent_epochs": learner.config.latent_epochs,
                             "seconds": seconds,
                             "gflop": gflop,
                             "gflops": gflop / seconds,
@@ -763,13 +765,22 @@ def _best(rows: Sequence[Mapping[str, Any]], **match: Any) -> Mapping[str, Any] 
     return max(found, key=lambda r: float(r["fps"])) if found else None
 
 
+def _epochs(update: Mapping[str, Any]) -> str:
+    """ "4 epochs", or "4 epochs (1 through the latent layers)" when only some train them."""
+    text = f"{update['epochs']} epochs"
+    deep = update.get("latent_epochs")
+    if update.get("depth") == "latent" and deep is not None and deep < update["epochs"]:
+        text += f" ({deep} through the latent layers)"
+    return text
+
+
 def _learner_targets(updates: Sequence[Mapping[str, Any]]) -> list[Target]:
     """Teach update time at the most threads, and the ratio to the matmul peak per thread count,
     for the smallest N at the latent depth (the device's)."""
     latent = [u for u in updates if u["depth"] == "latent"]
     if not latent:
         return [
-            Target("teach update (30 new + all 1500 replayed, 4 epochs)", "s", "<=", 0.5, None),
+            Target("teach update (30 new + all 1500 replayed)", "s", "<=", 0.5, None),
             Target("learner update, of matmul peak", "", ">=", 0.5, None, relative=True),
         ]
     new = min(u["new"] for u in latent)
@@ -779,7 +790,7 @@ def _learner_targets(updates: Sequence[Mapping[str, Any]]) -> list[Target]:
         if u["new"] != new:
             continue
         some = "all" if u["replay_per_epoch"] is None else f"{u['replayed']} of"
-        mix = f"{u['new']} new + {some} {u['memory']} replayed, {u['epochs']} epochs"
+        mix = f"{u['new']} new + {some} {u['memory']} replayed, {_epochs(u)}"
         if u["threads"] == top:
             where = f"latent depth, {top} thread(s)"
             if u.get("ratio_to_peak"):  # its FLOPs at the matmul peak: no code runs faster

@@ -58,7 +58,7 @@ def test_cwr_consolidation_matches_the_formula_by_hand() -> None:
 
 
 def test_minibatches_mix_new_and_replay_like_the_reference() -> None:
-    learner = AR1Star(depth="pool")
+    learner = AR1Star(depth="pool", minibatch=128)
     chunks = list(learner._minibatches(300, 1500))
     assert len(chunks) == 14  # (300 + 1500) // 128
     assert {len(new) for new, _ in chunks} <= {21, 22}
@@ -94,6 +94,20 @@ def test_first_batch_ramps_batch_renorm_then_slows_its_statistics() -> None:
     learner.partial_fit(*blobs(rng, [2], 20, (2, 2, 320)))
     assert norm.momentum == pytest.approx(5e-5)
     assert (norm.r_max, norm.d_max) == (1.25, 0.5)
+
+
+def test_latent_layers_train_in_the_first_latent_epochs_only() -> None:
+    x, y = blobs(np.random.default_rng(0), [0, 1, 2], 20, (2, 2, 320))
+    one = AR1Star(depth="latent", epochs=1, latent_epochs=1, replay_mb=0).partial_fit(x, y)
+    four = AR1Star(depth="latent", epochs=4, latent_epochs=1, replay_mb=0).partial_fit(x, y)
+    joint = AR1Star(depth="latent", epochs=4, latent_epochs=None, replay_mb=0).partial_fit(x, y)
+    conv = [m.latent[0].params["weight"] for m in (one, four, joint)]
+    np.testing.assert_array_equal(conv[0], conv[1])  # epochs 2-4 left the conv_head alone
+    assert not np.array_equal(conv[1], conv[2])
+    assert not np.array_equal(one.cw, four.cw)  # ... and trained the output layer
+    out = 2 * 2 * 60 * 1280 * 3  # output-only: forward and weight gradient, no input gradient
+    assert four.last_update_flops == one.last_update_flops + 3 * out
+    assert joint.last_update_flops == 4 * one.last_update_flops
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.1, 1.0])
@@ -223,7 +237,7 @@ def test_saving_over_an_existing_checkpoint_is_atomic(tmp_path: Path) -> None:
 
 def test_synaptic_intelligence_anchors_the_important_weights() -> None:
     def weighted_drift(si_lambda: float) -> float:
-        kw = {"epochs": 4, "lr_first": 0.05, "lr": 0.05, "replay_mb": 0}
+        kw = {"epochs": 4, "lr_first": 0.05, "lr": 0.05, "replay_mb": 0, "latent_epochs": None}
         learner = train_stream(AR1Star(depth="latent", si_lambda=1.0, **kw), 2)
         importance = {k: v.copy() for k, v in learner.si_importance.items()}
         learner.config = replace(learner.config, si_lambda=si_lambda)
@@ -232,7 +246,8 @@ def test_synaptic_intelligence_anchors_the_important_weights() -> None:
         moved = learner._si_params()
         return sum(float((importance[k] * np.abs(moved[k] - start[k])).sum()) for k in start)
 
-    learner = train_stream(AR1Star(depth="latent", epochs=3, replay_mb=0, si_lambda=1.0), 2)
+    si = AR1Star(depth="latent", epochs=3, latent_epochs=None, replay_mb=0, si_lambda=1.0)
+    learner = train_stream(si, 2)
     importance = np.concatenate([v.ravel() for v in learner.si_importance.values()])
     assert importance.min() >= 0 and importance.max() <= 1e-3 and importance.max() > 0
     # the penalty halves how far the important weights move (1e4 * 1e-3 * lr stays stable)
@@ -241,7 +256,7 @@ def test_synaptic_intelligence_anchors_the_important_weights() -> None:
 
 def test_unknown_threshold_flags_low_confidence() -> None:
     rng = np.random.default_rng(0)
-    learner = AR1Star(depth="pool", epochs=3, lr_first=0.01, replay_mb=0)
+    learner = AR1Star(depth="pool", epochs=3, minibatch=128, lr_first=0.01, replay_mb=0)
     learner.partial_fit(*blobs(rng, [0, 1, 2], 30))
     known, _ = blobs(rng, [0, 1, 2], 20)
     threshold = learner.calibrate_unknown(known, accept=0.9)

@@ -179,8 +179,11 @@ def test_a_failing_command_does_not_stop_the_server(tmp_path: Path) -> None:
 
 
 def test_classification_slows_to_learning_fps_while_the_learner_trains(tmp_path: Path) -> None:
-    config = DeviceConfig(
-        state_dir=tmp_path / "state", control_socket=tmp_path / "c.sock", learning_fps=4, epochs=400
+    config = DeviceConfig(  # a slow learn: thousands of (cheap, output-only) epochs
+        state_dir=tmp_path / "state",
+        control_socket=tmp_path / "c.sock",
+        learning_fps=4,
+        epochs=15000,
     )
     scene = SyntheticScene(size=(160, 120))  # unpaced: as fast as the loop takes frames
     seen: list[tuple[float, bool]] = []

@@ -58,6 +58,17 @@ class Strategy:
     make: Callable[[dict[str, np.ndarray], int], Learner]
 
 
+REFERENCE_RECIPE: dict[str, Any] = {
+    "replay_per_epoch": 256,
+    "latent_lr_scale": 1.0,
+    "latent_epochs": None,
+    "minibatch": 128,
+    "replay_policy": "uniform",
+}
+"""AR1* as the reference implementations train it (one learning rate, every epoch through the
+latent layers, minibatches of 128, uniform replay), with the device's 256 replayed per batch."""
+
+
 def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
     """Every strategy of the study, by name."""
 
@@ -75,20 +86,16 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
 
     table = [
         Strategy("ar1-latent", "latent", ar1("latent", replay_per_epoch=256)),
+        Strategy("ar1-latent-reference", "latent", ar1("latent", **REFERENCE_RECIPE)),
         Strategy(
-            "ar1-latent-reference",
-            "latent",
-            ar1("latent", replay_per_epoch=256, latent_lr_scale=1.0),
+            "ar1-latent-joint", "latent", ar1("latent", replay_per_epoch=256, latent_epochs=None)
         ),
         Strategy(
             "ar1-latent-tuned",
             "latent",
             ar1(
                 "latent",
-                replay_per_epoch=256,
-                brn_momentum=1e-3,
-                replay_policy="class_balanced",
-                latent_lr_scale=1.0,
+                **{**REFERENCE_RECIPE, "brn_momentum": 1e-3, "replay_policy": "class_balanced"},
             ),
         ),
         Strategy(

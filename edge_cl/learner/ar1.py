@@ -13,7 +13,9 @@ after it, for each such class ``w = W[c] - mean(W[present])`` and
 new class); inference uses ``cw``. Latent replay: each minibatch mixes new patterns with patterns
 from a bounded, compressed memory (:class:`~edge_cl.learner.replay.ReplayMemory`). Optional
 Synaptic Intelligence on the trainable latent layers. Batch Renormalization keeps the running
-statistics usable on long streams of small non-i.i.d. batches.
+statistics usable on long streams of small non-i.i.d. batches. By default the latent layers
+train in the first of the four epochs and the output layer in all of them, on minibatches of 32
+(``AR1Config.latent_epochs``): a quarter of the reference recipe's compute.
 """
 
 from __future__ import annotations
@@ -54,13 +56,19 @@ class AR1Config:
     - ``depth``: ``"latent"`` trains conv_head + output on (N, h, w, 320) latents; ``"pool"``
       trains the output layer alone on (N, 1280) pooled features.
     - ``epochs``, ``minibatch``, ``lr_first`` (first batch), ``lr`` (later batches),
-      ``momentum``, ``weight_decay``: plain SGD; momentum is reset at every batch.
+      ``momentum``, ``weight_decay``: plain SGD; momentum is reset at every batch. Minibatches
+      of 32 (the reference recipe: 128) take 4x the steps for the same compute.
+    - ``latent_epochs``: the latent layers train in the first this-many ``epochs`` (None: all);
+      the other epochs train the output layer alone on the pooled features of the last of them,
+      at almost no cost. 1 (with minibatches of 32) costs a quarter of four latent epochs at the
+      same accuracy on the COIL-100 study protocols.
     - ``cwr``: CWR* on the output layer; off, the output layer is fine-tuned like any layer.
     - ``train_latent_layers``: off, conv_head and its normalisation stay as pretrained;
       ``latent_lr_scale``: their learning rate as a multiple of the output layer's (3: +2 points
       on both COIL-100 study protocols over the reference recipe's 1, -0.6 on CIFAR-10).
     - ``replay_mb``, ``replay_codec`` (``uint8``, ``uint4``, ``float32``), ``replay_policy``
-      (``uniform``, ``class_balanced``): the latent replay memory; 0 MB disables replay.
+      (``class_balanced``: an equal share per class, +3 points on the clutter protocol;
+      ``uniform``: the reference rule): the latent replay memory; 0 MB disables replay.
     - ``replay_per_epoch``: replayed patterns mixed into each batch's epochs; ``None`` sweeps the
       whole memory every epoch (the reference AR1* rule, costly on a device), a number draws
       that many patterns once per batch and replays them in every epoch.
@@ -72,7 +80,7 @@ class AR1Config:
 
     depth: str = "latent"
     epochs: int = 4
-    minibatch: int = 128
+    minibatch: int = 32
     lr_first: float = 0.03
     lr: float = 0.03
     momentum: float = 0.9
@@ -80,9 +88,10 @@ class AR1Config:
     cwr: bool = True
     train_latent_layers: bool = True
     latent_lr_scale: float = 3.0
+    latent_epochs: int | None = 1
     replay_mb: float = 8.0
     replay_codec: str = "uint8"
-    replay_policy: str = "uniform"
+    replay_policy: str = "class_balanced"
     replay_per_epoch: int | None = None
     brn: bool = True
     brn_momentum_first: float = 0.01
@@ -100,6 +109,8 @@ class AR1Config:
         for name in ("epochs", "minibatch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.latent_epochs is not None and self.latent_epochs < 1:
+            raise ValueError(f"latent_epochs must be >= 1 or None, got {self.latent_epochs}")
         for name in ("lr_first", "lr", "replay_mb", "weight_decay", "si_lambda", "latent_lr_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -305,48 +316,87 @@ class AR1Star:
         replay_y: np.ndarray,
         lr: float,
     ) -> int:
+        """SGD on the batch mixed with replay; returns the FLOPs spent.
+
+        The latent layers train in the first ``latent_epochs`` epochs. The remaining epochs
+        train the output layer alone on the pooled features of the last of those epochs, so they
+        cost no conv_head compute.
+        """
         c = self.config
         sgd = SGD(lr, c.momentum, c.weight_decay)
         latent_sgd = SGD(lr * c.latent_lr_scale, c.momentum, c.weight_decay)
-        trainable = self._trainable()
+        deep = c.epochs
+        if c.latent_epochs is not None and self._trainable():
+            deep = min(c.latent_epochs, c.epochs)
         slots = self.labels.size
         flops = 0
-        for _ in range(c.epochs):
+        kept: list[tuple[np.ndarray, np.ndarray]] = []
+        for epoch in range(deep):
+            keep = deep < c.epochs and epoch == deep - 1
             for new_idx, old_idx in self._minibatches(len(x), len(replay_y)):
                 if replay_x is not None and len(old_idx):
                     xb = np.concatenate([x[new_idx], replay_x[old_idx]])
                     yb = np.concatenate([y[new_idx], replay_y[old_idx]])
                 else:
                     xb, yb = x[new_idx], y[new_idx]
-                feats = self._features(xb, train=c.train_latent_layers)
-                logits = self.output.forward(feats, train=True)
-                _, dlogits = softmax_cross_entropy(logits, yb)
-                dfeat = self.output.backward(dlogits)
-                if c.train_latent_layers:
-                    for layer in reversed(self.latent):
-                        dfeat = layer.backward(dfeat)
-                if c.si_lambda > 0:
-                    self._si_penalty_grads()
-                before = self._si_params() if c.si_lambda > 0 else {}
-                before = {k: v.copy() for k, v in before.items()}
-                sgd.step([self.output])
-                latent_sgd.step(trainable)
-                if c.si_lambda > 0:
-                    self._si_accumulate(before)
+                feats = self._step(xb, yb, sgd, latent_sgd)
+                if keep:
+                    kept.append((feats, yb))
                 flops += self._train_flops(xb.shape, slots, c.train_latent_layers)
+        if kept:
+            feats = np.concatenate([f for f, _ in kept])
+            labels = np.concatenate([t for _, t in kept])
+            for _ in range(c.epochs - deep):
+                for idx in np.array_split(self.rng.permutation(len(labels)), len(kept)):
+                    self._output_step(feats[idx], labels[idx], sgd, input_grad=False)
+                    flops += 2 * self._output_flops(len(idx), slots)
         return flops
 
+    def _step(self, xb: np.ndarray, yb: np.ndarray, sgd: SGD, latent_sgd: SGD) -> np.ndarray:
+        """One SGD step on a minibatch through every trained layer; returns its pooled features
+        (a fresh array that the step reads but never writes)."""
+        c = self.config
+        feats = self._features(xb, train=c.train_latent_layers)
+        dfeat = self._output_step(feats, yb, sgd, input_grad=bool(self._trainable()))
+        if self._trainable():
+            for layer in reversed(self.latent):
+                dfeat = layer.backward(dfeat)
+        if c.si_lambda > 0:
+            self._si_penalty_grads()
+        before = {k: v.copy() for k, v in self._si_params().items()} if c.si_lambda > 0 else {}
+        latent_sgd.step(self._trainable())
+        if c.si_lambda > 0:
+            self._si_accumulate(before)
+        return feats
+
+    def _output_step(
+        self, feats: np.ndarray, yb: np.ndarray, sgd: SGD, input_grad: bool
+    ) -> np.ndarray:
+        """Forward, backward and SGD step of the output layer; returns the features' gradient
+        (empty when ``input_grad`` is off: no trained layer below needs it)."""
+        logits = self.output.forward(feats, train=True)
+        _, dlogits = softmax_cross_entropy(logits, yb)
+        self.output.input_grad = input_grad
+        dfeat = self.output.backward(dlogits)
+        sgd.step([self.output])
+        return dfeat
+
+    @staticmethod
+    def _output_flops(n: int, slots: int) -> int:
+        """FLOPs of the output layer's forward on ``n`` patterns (its two gradients cost the same
+        each)."""
+        return 2 * n * POOL_CHANNELS * slots
+
     def _train_flops(self, shape: tuple[int, ...], slots: int, deep: bool) -> int:
-        """Matmul FLOPs: forward, weight gradient and input gradient of the output layer; the
-        conv_head's forward, plus its weight gradient when trained (its input is frozen, so it
-        has no input gradient)."""
-        n = shape[0]
-        out = 2 * n * POOL_CHANNELS * slots
+        """Matmul FLOPs of one training step: the output layer's forward and weight gradient,
+        plus its input gradient when the latent layers train; the conv_head's forward, plus its
+        weight gradient when trained (its input is frozen, so it has no input gradient)."""
+        out = self._output_flops(shape[0], slots)
         if self.config.depth == "pool":
-            return 3 * out
+            return 2 * out
         hw = shape[1] * shape[2]
-        conv = 2 * n * hw * LATENT_CHANNELS * POOL_CHANNELS
-        return (2 * conv if deep else conv) + 3 * out
+        conv = 2 * shape[0] * hw * LATENT_CHANNELS * POOL_CHANNELS
+        return 2 * conv + 3 * out if deep else conv + 2 * out
 
     def _end_batch(self, present: np.ndarray, cur: np.ndarray) -> None:
         if self.config.cwr:
@@ -574,6 +624,7 @@ class NaiveFineTune(AR1Star):
 class Cumulative(AR1Star):
     """The "retrain and redeploy" reference: after every batch, retrain from the pretrained
     starting point on everything seen so far (kept as float32 latents), i.i.d. shuffled.
+    Same SGD settings as :class:`AR1Star`, except that the latent layers train in every epoch.
 
     Its compute and memory grow with the stream; continual learners are measured against it.
 
@@ -600,7 +651,7 @@ class Cumulative(AR1Star):
 
     @classmethod
     def default_config(cls) -> AR1Config:
-        return AR1Config(cwr=False, replay_mb=0.0)
+        return AR1Config(cwr=False, replay_mb=0.0, latent_epochs=None)
 
     def partial_fit(self, latents: np.ndarray, labels: Sequence[object]) -> Cumulative:
         """Store the batch, then retrain from scratch on all stored patterns."""
