@@ -766,7 +766,7 @@ def _best(rows: Sequence[Mapping[str, Any]], **match: Any) -> Mapping[str, Any] 
 
 
 def _epochs(update: Mapping[str, Any]) -> str:
-    """ "4 epochs", or "4 epochs (1 through the latent layers)" when only some train them."""
+    """The epochs of an update as text, naming how many train the latent layers if not all."""
     text = f"{update['epochs']} epochs"
     deep = update.get("latent_epochs")
     if update.get("depth") == "latent" and deep is not None and deep < update["epochs"]:
