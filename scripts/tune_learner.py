@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from edge_cl.backends import open_extractor
@@ -31,15 +29,6 @@ from edge_cl.learner.ar1 import AR1Star, Cumulative
 from edge_cl.manifest import Manifest
 
 CACHE = Path.home() / ".cache" / "edge_cl"
-
-
-def maker(kind: type[AR1Star], options: dict[str, Any]) -> Callable[..., AR1Star]:
-    """A study strategy's constructor for ``kind`` with ``options``."""
-
-    def make(head: dict[str, np.ndarray], seed: int) -> AR1Star:
-        return kind(head, seed=seed, **options)
-
-    return make
 
 
 def main() -> None:
@@ -71,7 +60,9 @@ def main() -> None:
                     if args.depth == "latent":
                         options["replay_per_epoch"] = 256
                 options.update(json.loads(text))
-                strategy = study.Strategy(kind.__name__, args.depth, maker(kind, options))
+                strategy = study.Strategy(
+                    kind.__name__, args.depth, study.learner_maker(kind, **options)
+                )
                 start = time.perf_counter()
                 r = study.run(strategy, stream, head, seed, points)
                 accuracy = {k: round(100 * v, 1) for k, v in r["accuracy"].items()}

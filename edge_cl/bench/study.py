@@ -69,20 +69,29 @@ REFERENCE_RECIPE: dict[str, Any] = {
 latent layers, minibatches of 128, uniform replay), with the device's 256 replayed per batch."""
 
 
+def learner_maker(
+    kind: type[AR1Star], **options: Any
+) -> Callable[[dict[str, np.ndarray], int], Learner]:
+    """A strategy's constructor: ``kind(head, seed=seed, **options)`` for each ordering's seed."""
+
+    def make(head: dict[str, np.ndarray], seed: int) -> Learner:
+        return kind(head, seed=seed, **options)
+
+    return make
+
+
 def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
     """Every strategy of the study, by name."""
 
     def ar1(depth: str, **kw: Any) -> Callable[[dict[str, np.ndarray], int], Learner]:
-        def make(head: dict[str, np.ndarray], seed: int) -> Learner:
-            options = {"replay_mb": replay_mb, "epochs": epochs, **kw}
-            return AR1Star(head, depth=depth, seed=seed, **options)
-
-        return make
+        return learner_maker(
+            AR1Star, **{"depth": depth, "replay_mb": replay_mb, "epochs": epochs, **kw}
+        )
 
     def cls(
         kind: type[AR1Star], depth: str, **kw: Any
     ) -> Callable[[dict[str, np.ndarray], int], Learner]:
-        return lambda head, seed: kind(head, depth=depth, seed=seed, epochs=epochs, **kw)
+        return learner_maker(kind, depth=depth, epochs=epochs, **kw)
 
     table = [
         Strategy("ar1-latent", "latent", ar1("latent", replay_per_epoch=256)),

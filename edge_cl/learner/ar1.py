@@ -342,7 +342,7 @@ class AR1Star:
                 feats = self._step(xb, yb, sgd, latent_sgd)
                 if keep:
                     kept.append((feats, yb))
-                flops += self._train_flops(xb.shape, slots, c.train_latent_layers)
+                flops += self._train_flops(xb.shape, slots)
         if kept:
             feats = np.concatenate([f for f, _ in kept])
             labels = np.concatenate([t for _, t in kept])
@@ -387,7 +387,7 @@ class AR1Star:
         each)."""
         return 2 * n * POOL_CHANNELS * slots
 
-    def _train_flops(self, shape: tuple[int, ...], slots: int, deep: bool) -> int:
+    def _train_flops(self, shape: tuple[int, ...], slots: int) -> int:
         """Matmul FLOPs of one training step: the output layer's forward and weight gradient,
         plus its input gradient when the latent layers train; the conv_head's forward, plus its
         weight gradient when trained (its input is frozen, so it has no input gradient)."""
@@ -396,7 +396,7 @@ class AR1Star:
             return 2 * out
         hw = shape[1] * shape[2]
         conv = 2 * shape[0] * hw * LATENT_CHANNELS * POOL_CHANNELS
-        return 2 * conv + 3 * out if deep else conv + 2 * out
+        return 2 * conv + 3 * out if self.config.train_latent_layers else conv + 2 * out
 
     def _end_batch(self, present: np.ndarray, cur: np.ndarray) -> None:
         if self.config.cwr:
@@ -676,8 +676,7 @@ class Cumulative(AR1Star):
         if not self.seen_x:
             return 0
         shape = (sum(len(x) for x in self.seen_x), *self.seen_x[0].shape[1:])
-        deep = self.config.train_latent_layers
-        return self.config.epochs * self._train_flops(shape, self.labels.size, deep)
+        return self.config.epochs * self._train_flops(shape, self.labels.size)
 
     def retrain(self) -> None:
         """Reset the head to its starting point and train on everything seen so far."""
