@@ -86,7 +86,7 @@ class PerfSettings:
     peak_size: int = 1024
     news: tuple[int, ...] = (30, 100, 300)
     replay: int = 1500
-    replay_per_epoch: int = 256
+    replay_per_epoch: int = 512
     epochs: int = 4
     camera: tuple[int, int] = (640, 480)
     loop_seconds: float = 10.0
@@ -427,7 +427,7 @@ def _filled_learner(
     from edge_cl.learner.replay import LABEL_DTYPE, Codec
 
     shape = LATENT_SHAPES[depth]
-    codec = Codec(AR1Config().replay_codec, shape)
+    codec = Codec(AR1Config().replay_codec, AR1Config().stored_shape(shape))
     per_pattern = codec.bytes_per_pattern + LABEL_DTYPE.itemsize
     replay_mb = (settings.replay + 0.5) * per_pattern / 2**20
     learner = AR1Star(head if depth == "latent" else None, depth=depth, replay_mb=replay_mb)
@@ -821,7 +821,7 @@ def targets(result: Mapping[str, Any]) -> list[Target]:
     out += [
         Target(
             f"device loop teach latency ({teach.get('used', 30)} frames + "
-            f"{teach.get('replayed', 256)} replayed)",
+            f"{teach.get('replayed', 512)} replayed)",
             "s",
             "<=",
             0.5,

@@ -4,10 +4,10 @@
         '{"brn_momentum": 1e-3}' '{"replay_per_epoch": 512}'
 
 Each JSON argument is a set of ``AR1Config`` overrides on top of the study's settings (8 MB
-replay, 4 epochs, and for depth ``latent`` 256 replayed patterns per batch); ``{}`` is the
-baseline. ``--cumulative`` runs cumulative retraining with the overrides instead. Prints final
-and intermediate accuracy, FLOPs and seconds; numpy runs on one thread. Results are in
-``docs/results/learner_tuning.md``.
+replay, 4 epochs, and for depth ``latent`` ``study.LATENT_REPLAY`` (512) replayed patterns per
+batch); ``{}`` is the baseline. ``--cumulative`` runs cumulative retraining with the overrides
+instead. Prints final and intermediate accuracy, FLOPs and seconds; numpy runs on one thread.
+Results are in ``docs/results/learner_tuning.md``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
                 if not args.cumulative:
                     options["replay_mb"] = 8.0
                     if args.depth == "latent":
-                        options["replay_per_epoch"] = 256
+                        options["replay_per_epoch"] = study.LATENT_REPLAY
                 options.update(json.loads(text))
                 strategy = study.Strategy(
                     kind.__name__, args.depth, study.learner_maker(kind, **options)

@@ -10,6 +10,7 @@ from edge_cl.backends import open_extractor
 from edge_cl.errors import CheckpointError, LabelError, NotFittedError
 from edge_cl.imagenet import head_arrays
 from edge_cl.learner.ar1 import AR1Star, Cumulative, CWRStar, NaiveFineTune
+from edge_cl.learner.checkpoint import load_state, save_state
 from edge_cl.learner.layers import BatchRenorm
 from edge_cl.manifest import Manifest
 from edge_cl.preprocess import read_image
@@ -108,6 +109,48 @@ def test_latent_layers_train_in_the_first_latent_epochs_only() -> None:
     out = 2 * 2 * 60 * 1280 * 3  # output-only: forward and weight gradient, no input gradient
     assert four.last_update_flops == one.last_update_flops + 3 * out
     assert joint.last_update_flops == 4 * one.last_update_flops
+
+
+def test_latent_positions_train_and_store_a_random_subset_of_each_latent() -> None:
+    rng = np.random.default_rng(0)
+    x, y = blobs(rng, [0, 1], 16, (4, 4, 320))
+    x[..., 0] = np.arange(32 * 16).reshape(32, 4, 4)  # channel 0 names (pattern, position)
+    full = AR1Star(depth="latent", epochs=1, latent_positions=None, replay_codec="float32")
+    half = AR1Star(depth="latent", epochs=1, latent_positions=8, replay_codec="float32")
+    full.partial_fit(x, y)
+    half.partial_fit(x, y)
+    assert full.memory is not None and half.memory is not None
+    assert full.memory.shape == (4, 4, 320) and half.memory.shape == (1, 8, 320)
+    ids = half.memory.all()[0][:, 0, :, 0].astype(int)  # each stored pattern's positions
+    assert len(ids) == 32
+    assert (ids // 16 == ids[:, :1] // 16).all()  # all from one pattern ...
+    assert all(len(set(row % 16)) == 8 for row in ids)  # ... 8 distinct positions of it
+    assert len({tuple(sorted(row % 16)) for row in ids}) > 1  # a random subset per pattern
+    labels = half.memory.all()[1]
+    np.testing.assert_array_equal(labels, half.labels.transform(y)[ids[:, 0] // 16])
+    # the conv_head runs on half the positions; the output layer sees each pattern once
+    out = 2 * 32 * 1280 * 2
+    assert full.last_update_flops - 3 * out == 2 * (half.last_update_flops - 3 * out)
+    assert half.memory.capacity > 1.6 * full.memory.capacity  # same bytes, more patterns
+    half.partial_fit(*blobs(rng, [2], 16, (4, 4, 320)))  # replay (1, 8) mixes with new (4, 4)
+    state = half.rng.bit_generator.state
+    p = half.predict_proba(x)  # prediction pools every position: no random draw
+    assert half.rng.bit_generator.state == state
+    np.testing.assert_array_equal(p, half.predict_proba(x))
+
+
+def test_latent_positions_of_checkpoints_from_before_the_option_are_all(tmp_path: Path) -> None:
+    x, y = blobs(np.random.default_rng(0), [0, 1], 10, (4, 4, 320))
+    learner = AR1Star(depth="latent", epochs=1, latent_positions=None, replay_mb=1)
+    learner.partial_fit(x, y).save(tmp_path / "new.ckpt")
+    meta, arrays = load_state(tmp_path / "new.ckpt")
+    del meta["config"]["latent_positions"]
+    save_state(tmp_path / "old.ckpt", meta, arrays)
+    loaded = AR1Star.load(tmp_path / "old.ckpt")
+    assert loaded.config.latent_positions is None
+    loaded.partial_fit(x, y)  # the stored (4, 4) patterns still mix with new ones
+    with pytest.raises(ValueError, match="latent_positions"):
+        AR1Star(latent_positions=0)
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.1, 1.0])

@@ -81,11 +81,11 @@ def test_learner_ratios_are_gflops_over_the_same_run_peak(
     peaks = {p["threads"]: p["gflops"] for p in result["machine"]["peaks"]}
     updates = result["learner"]["updates"]
     assert {(u["depth"], u["threads"], u["replay_per_epoch"]) for u in updates} == {
-        (d, t, r) for d in ("latent", "pool") for t in (1, 2) for r in (None, 256)
+        (d, t, r) for d in ("latent", "pool") for t in (1, 2) for r in (None, 512)
     }
     for u in updates:
         assert u["new"] == 8 and u["memory"] == 40 and u["epochs"] == 4
-        assert u["replayed"] == 40  # all of it, or min(256, 40)
+        assert u["replayed"] == 40  # all of it, or min(512, 40)
         assert u["seconds"] > 0 and u["gflop"] > 0
         assert u["gflops"] == pytest.approx(u["gflop"] / u["seconds"])
         assert u["peak_gflops"] == peaks[u["threads"]]

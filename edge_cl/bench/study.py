@@ -26,16 +26,41 @@ from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
 from edge_cl.bench.sklearn_baselines import KNNHead, SGDHead
 from edge_cl.imagenet import PretrainedHead
-from edge_cl.learner.ar1 import AR1Star, Cumulative, CWRStar, NaiveFineTune
+from edge_cl.learner.ar1 import (
+    LATENT_CHANNELS,
+    POOL_CHANNELS,
+    AR1Config,
+    AR1Star,
+    Cumulative,
+    CWRStar,
+    NaiveFineTune,
+)
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
 from edge_cl.learner.labels import Label
+from edge_cl.learner.replay import LABEL_DTYPE, Codec
 from edge_cl.perf import cpu_model
 
-# float32 / uint8 bytes per stored pattern (see ReplayMemory.footprint): the "samecount"
-# strategies give float32 replay the bytes to hold as many patterns as uint8 does in replay_mb,
-# so the two differ only by quantisation.
-LATENT_FLOAT32_PER_UINT8 = 20484 / 6404
-POOL_FLOAT32_PER_UINT8 = 5124 / 1288
+STUDY_STORED_LATENT = AR1Config().stored_shape((4, 4, LATENT_CHANNELS))
+"""A latent pattern as the default AR1* stores it: positions of the 4x4 latent of the study's
+128 px images (``AR1Config.latent_positions``)."""
+
+LATENT_REPLAY = 512
+"""Replayed patterns per batch of the study's AR1* at the latent depth: the device's default
+(``DeviceConfig.replay_per_epoch``)."""
+
+
+def float32_per_uint8(shape: tuple[int, ...]) -> float:
+    """float32 / uint8 bytes per stored pattern of ``shape`` (label included): the "samecount"
+    strategies give float32 replay the bytes to hold as many patterns as uint8 does in replay_mb,
+    so the two differ only by quantisation.
+
+    >>> round(float32_per_uint8((1280,)), 2)
+    3.98
+    """
+    label = LABEL_DTYPE.itemsize
+    return (Codec("float32", shape).bytes_per_pattern + label) / (
+        Codec("uint8", shape).bytes_per_pattern + label
+    )
 
 
 class Learner(Protocol):
@@ -62,11 +87,20 @@ REFERENCE_RECIPE: dict[str, Any] = {
     "replay_per_epoch": 256,
     "latent_lr_scale": 1.0,
     "latent_epochs": None,
+    "latent_positions": None,
     "minibatch": 128,
     "replay_policy": "uniform",
 }
 """AR1* as the reference implementations train it (one learning rate, every epoch through the
-latent layers, minibatches of 128, uniform replay), with the device's 256 replayed per batch."""
+latent layers on every position, minibatches of 128, uniform replay), 256 replayed per batch."""
+
+ALL_POSITIONS_RECIPE: dict[str, Any] = {
+    "replay_per_epoch": 256,
+    "latent_positions": None,
+    "minibatch": 32,
+}
+"""The defaults before ``latent_positions``: every position trained and stored, 256 replayed
+per batch on minibatches of 32 (the same compute and steps as the defaults)."""
 
 
 def learner_maker(
@@ -94,10 +128,13 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
         return learner_maker(kind, depth=depth, epochs=epochs, **kw)
 
     table = [
-        Strategy("ar1-latent", "latent", ar1("latent", replay_per_epoch=256)),
+        Strategy("ar1-latent", "latent", ar1("latent", replay_per_epoch=LATENT_REPLAY)),
         Strategy("ar1-latent-reference", "latent", ar1("latent", **REFERENCE_RECIPE)),
+        Strategy("ar1-latent-allpositions", "latent", ar1("latent", **ALL_POSITIONS_RECIPE)),
         Strategy(
-            "ar1-latent-joint", "latent", ar1("latent", replay_per_epoch=256, latent_epochs=None)
+            "ar1-latent-joint",
+            "latent",
+            ar1("latent", replay_per_epoch=LATENT_REPLAY, latent_epochs=None),
         ),
         Strategy(
             "ar1-latent-tuned",
@@ -110,19 +147,21 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
         Strategy(
             "ar1-latent-float32",
             "latent",
-            ar1("latent", replay_per_epoch=256, replay_codec="float32"),
+            ar1("latent", replay_per_epoch=LATENT_REPLAY, replay_codec="float32"),
         ),
         Strategy(
-            "ar1-latent-uint4", "latent", ar1("latent", replay_per_epoch=256, replay_codec="uint4")
+            "ar1-latent-uint4",
+            "latent",
+            ar1("latent", replay_per_epoch=LATENT_REPLAY, replay_codec="uint4"),
         ),
         Strategy(
             "ar1-latent-float32-samecount",
             "latent",
             ar1(
                 "latent",
-                replay_per_epoch=256,
+                replay_per_epoch=LATENT_REPLAY,
                 replay_codec="float32",
-                replay_mb=replay_mb * LATENT_FLOAT32_PER_UINT8,
+                replay_mb=replay_mb * float32_per_uint8(STUDY_STORED_LATENT),
             ),
         ),
         Strategy("ar1-latent-fullreplay", "latent", ar1("latent")),
@@ -133,7 +172,11 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
         Strategy(
             "ar1-pool-float32-samecount",
             "pool",
-            ar1("pool", replay_codec="float32", replay_mb=replay_mb * POOL_FLOAT32_PER_UINT8),
+            ar1(
+                "pool",
+                replay_codec="float32",
+                replay_mb=replay_mb * float32_per_uint8((POOL_CHANNELS,)),
+            ),
         ),
         Strategy("cwr", "pool", cls(CWRStar, "pool")),
         Strategy("naive", "latent", cls(NaiveFineTune, "latent")),

@@ -89,7 +89,7 @@ class DeviceConfig:
     resolution: int = 128
     threads: int = 2
     replay_mb: float = 8.0
-    replay_per_epoch: int = 256
+    replay_per_epoch: int = 512
     epochs: int = 4
     learning_fps: float = 5.0
     teach_max_frames: int = 120
