@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edge_cl.backends import open_extractor
-from edge_cl.errors import CheckpointError, LabelError, NotFittedError
+from edge_cl.errors import CheckpointError, FrameError, LabelError, NotFittedError
 from edge_cl.imagenet import head_arrays
 from edge_cl.learner.ar1 import AR1Star, Cumulative, CWRStar, NaiveFineTune
 from edge_cl.learner.checkpoint import load_state, save_state
@@ -149,6 +149,10 @@ def test_latent_positions_of_checkpoints_from_before_the_option_are_all(tmp_path
     loaded = AR1Star.load(tmp_path / "old.ckpt")
     assert loaded.config.latent_positions is None
     loaded.partial_fit(x, y)  # the stored (4, 4) patterns still mix with new ones
+    loaded.config = replace(loaded.config, latent_positions=8)
+    with pytest.raises(FrameError, match="replay memory holds patterns of shape"):
+        loaded.partial_fit(x, y)  # 8 positions would not mix with the stored 4 x 4
+    assert loaded.batches_seen == 2 and loaded.classes_ == ["c0", "c1"]
     with pytest.raises(ValueError, match="latent_positions"):
         AR1Star(latent_positions=0)
 

@@ -64,7 +64,7 @@ def test_inference_during_training_answers_with_the_old_model(
         old = classifier.learner
         probe = np.concatenate([latents[o][30:32] for o in OBJECTS])
         old_answer = classifier.predict(probe)
-        big = np.concatenate([latents["obj25"]] * 5)  # 180 latents, every epoch through the
+        big = np.concatenate([latents["obj25"]] * 10)  # 360 latents, every epoch through the
         old.config = replace(old.config, latent_epochs=None)  # latent layers: a long update
         future = worker.learn("obj25", big)
         answers: list[tuple[float, list[Verdict]]] = []

@@ -268,6 +268,13 @@ class AR1Star:
         labels = list(labels)
         if len(labels) != len(x):
             raise LabelError(f"{len(x)} patterns but {len(labels)} labels")
+        stored = self.config.stored_shape(x.shape[1:])
+        if self.memory is not None and self.memory.shape not in (None, stored):
+            raise FrameError(
+                f"latents of shape {x.shape[1:]} train as {stored} (latent_positions="
+                f"{self.config.latent_positions}), but the replay memory holds patterns of shape "
+                f"{self.memory.shape}: keep the resolution and latent_positions it was filled with"
+            )
         probe = LabelMap.from_state_dict(self.labels.state_dict())
         probe.fit(labels)  # validates every label before anything changes
         y = self.labels.fit(labels)
