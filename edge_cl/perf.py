@@ -32,17 +32,15 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edge_cl import __version__
+from edge_cl.device.config import DeviceConfig
 from edge_cl.errors import BackendUnavailableError, EdgeClError, MissingExtraError
 from edge_cl.learner.ar1 import LATENT_CHANNELS, POOL_CHANNELS, AR1Config, AR1Star
 from edge_cl.manifest import Artifact, Manifest
-
-if TYPE_CHECKING:
-    from edge_cl.device.config import DeviceConfig
 
 SECTIONS = ("extractor", "learner", "loop")
 """Sections ``--only`` can select; the machine section (matmul peak) always runs."""
@@ -86,7 +84,7 @@ class PerfSettings:
     peak_size: int = 1024
     news: tuple[int, ...] = (30, 100, 300)
     replay: int = 1500
-    replay_per_epoch: int = 512
+    replay_per_epoch: int = DeviceConfig.replay_per_epoch
     epochs: int = 4
     camera: tuple[int, int] = (640, 480)
     loop_seconds: float = 10.0
@@ -427,7 +425,8 @@ def _filled_learner(
     from edge_cl.learner.replay import LABEL_DTYPE, Codec
 
     shape = LATENT_SHAPES[depth]
-    codec = Codec(AR1Config().replay_codec, AR1Config().stored_shape(shape))
+    config = AR1Config()
+    codec = Codec(config.replay_codec, config.stored_shape(shape))
     per_pattern = codec.bytes_per_pattern + LABEL_DTYPE.itemsize
     replay_mb = (settings.replay + 0.5) * per_pattern / 2**20
     learner = AR1Star(head if depth == "latent" else None, depth=depth, replay_mb=replay_mb)
@@ -821,7 +820,7 @@ def targets(result: Mapping[str, Any]) -> list[Target]:
     out += [
         Target(
             f"device loop teach latency ({teach.get('used', 30)} frames + "
-            f"{teach.get('replayed', 512)} replayed)",
+            f"{teach.get('replayed', DeviceConfig.replay_per_epoch)} replayed)",
             "s",
             "<=",
             0.5,

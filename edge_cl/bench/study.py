@@ -25,6 +25,7 @@ import numpy as np
 from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
 from edge_cl.bench.sklearn_baselines import KNNHead, SGDHead
+from edge_cl.device.config import DeviceConfig
 from edge_cl.imagenet import PretrainedHead
 from edge_cl.learner.ar1 import (
     LATENT_CHANNELS,
@@ -44,7 +45,7 @@ STUDY_STORED_LATENT = AR1Config().stored_shape((4, 4, LATENT_CHANNELS))
 """A latent pattern as the default AR1* stores it: positions of the 4x4 latent of the study's
 128 px images (``AR1Config.latent_positions``)."""
 
-LATENT_REPLAY = 512
+LATENT_REPLAY = DeviceConfig.replay_per_epoch
 """Replayed patterns per batch of the study's AR1* at the latent depth: the device's default
 (``DeviceConfig.replay_per_epoch``)."""
 

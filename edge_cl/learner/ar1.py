@@ -389,11 +389,11 @@ class AR1Star:
         The layers above the cut act on each position alone until the global average, so the
         mean over a random subset of positions is an unbiased estimate of the pooled feature.
         """
-        if x.ndim != 4 or self.config.stored_shape(x.shape[1:]) == x.shape[1:]:
+        stored = self.config.stored_shape(x.shape[1:])
+        if stored == x.shape[1:]:
             return x
         n, h, w, ch = x.shape
-        k = self.config.stored_shape(x.shape[1:])[1]
-        order = self.rng.random((n, h * w)).argsort(1)[:, :k]
+        order = self.rng.random((n, h * w)).argsort(1)[:, : stored[1]]
         return np.take_along_axis(x.reshape(n, h * w, ch), order[..., None], 1)[:, None]
 
     def _step(self, xb: np.ndarray, yb: np.ndarray, sgd: SGD, latent_sgd: SGD) -> np.ndarray:
