@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,12 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Artifact:
-    """One exported file: an extractor cut in one format and precision, or the numpy head."""
+    """One exported file: an extractor cut in one format and precision, or the numpy head.
+
+    ``output_grid`` is ``(step, zero)`` when every output value is ``(code - zero) * step`` for
+    a code in 0..255 (the int8 models' dequantised output); the replay memory can then store
+    the codes alone (``AR1Config.replay_grid``).
+    """
 
     name: str
     path: Path
@@ -50,6 +56,7 @@ class Artifact:
     resolutions: tuple[int, ...] = ()
     default_resolution: int = 128
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    output_grid: tuple[float, int] | None = None
 
     def verify(self) -> Path:
         """Return the file's path after checking its sha256; ``ChecksumError`` on mismatch."""
@@ -76,6 +83,22 @@ class Artifact:
         return Preprocessing(res, p.mean, p.std, p.crop_fraction)
 
 
+def _grid(raw: dict[str, Any]) -> tuple[float, int] | None:
+    """``(step, zero)`` of an int8 artifact's output: ``value = (code - zero) * step``, codes
+    0..255 (``scripts/export_models.py`` reads it from the model); None when not on one grid."""
+    grid = raw.get("output", {}).get("grid")
+    if grid is None:
+        return None
+    if not isinstance(grid, dict):
+        raise ManifestError(f"{raw['name']}: output grid must be an object, got {grid!r}")
+    step, zero = grid.get("step"), grid.get("zero")
+    if not (isinstance(step, float) and math.isfinite(step) and step > 0):
+        raise ManifestError(f"{raw['name']}: output grid step must be a positive float, got {step}")
+    if isinstance(zero, bool) or not isinstance(zero, int) or not 0 <= zero <= 255:
+        raise ManifestError(f"{raw['name']}: output grid zero must be an int in 0..255, got {zero}")
+    return step, zero
+
+
 def _artifact(raw: dict[str, Any], root: Path) -> Artifact:
     prep = raw.get("preprocessing") or {}
     return Artifact(
@@ -96,6 +119,7 @@ def _artifact(raw: dict[str, Any], root: Path) -> Artifact:
             float(prep.get("std", [128.0])[0]),
             float(prep.get("crop_fraction", 0.875)),
         ),
+        output_grid=_grid(raw),
     )
 
 

@@ -283,6 +283,39 @@ def quantize_onnx(src: Path, dst: Path, calib: list[np.ndarray]) -> None:
     pre.unlink()
 
 
+def output_grid(path: Path, fmt: str) -> dict[str, float | int] | None:
+    """The uint8 grid an int8 artifact's float output lies on: ``value = (code - zero) * step``
+    for codes 0..255; None if the output is not one per-tensor dequantisation (fp32 models, an
+    ONNX pool cut that averages after dequantising). The replay memory stores these codes.
+    """
+    if fmt == "onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(path)).graph
+        node = next(n for n in graph.node if graph.output[0].name in n.output)
+        if node.op_type != "DequantizeLinear":
+            return None
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        scale, zero_point = inits[node.input[1]], inits[node.input[2]]
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(path))
+        out = interp.get_output_details()[0]["index"]
+        op = next(o for o in interp._get_ops_details() if out in list(o["outputs"]))
+        if op["op_name"] != "DEQUANTIZE":
+            return None
+        source = next(t for t in interp.get_tensor_details() if t["index"] == op["inputs"][0])
+        params = source["quantization_parameters"]
+        scale = params["scales"]
+        zero_point = params["zero_points"].astype(source["dtype"])
+    if scale.size != 1:
+        return None
+    lowest = int(np.iinfo(zero_point.dtype).min)
+    return {"step": float(scale.reshape(())), "zero": int(zero_point.reshape(())) - lowest}
+
+
 def head_npz(state: dict, path: Path) -> None:
     """The layers above the latent cut, for the numpy head (conv_head, its BN, the FC)."""
     arrays = {
@@ -422,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                     if cut == "pool"
                     else ([-1, c, -1, -1] if nchw else [-1, -1, -1, c]),
                     "stride": 32,
+                    "grid": output_grid(path, fmt) if prec == "int8" else None,
                 },
                 "resolutions": RESOLUTIONS,
                 "default_resolution": DEFAULT_RESOLUTION,

@@ -5,7 +5,8 @@
 
 Each JSON argument is a set of ``AR1Config`` overrides on top of the study's settings (8 MB
 replay, 4 epochs, and for depth ``latent`` ``study.LATENT_REPLAY`` (512) replayed patterns per
-batch); ``{}`` is the baseline. ``--cumulative`` runs cumulative retraining with the overrides
+batch); ``{}`` is the baseline. ``--grid`` stores replay as codes on the int8 extractor's output
+grid (``AR1Config.replay_grid``). ``--cumulative`` runs cumulative retraining with the overrides
 instead. Prints final and intermediate accuracy, FLOPs and seconds; numpy runs on one thread.
 Results are in ``docs/results/learner_tuning.md``.
 """
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--seed", default="0", help="ordering seeds, comma-separated: 0,1,2")
     parser.add_argument("--cumulative", action="store_true", help="run cumulative retraining")
     parser.add_argument("--depth", choices=["latent", "pool"], default="latent")
+    parser.add_argument("--grid", action="store_true", help="replay codes on the output grid")
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     args = parser.parse_args()
 
@@ -59,6 +61,8 @@ def main() -> None:
                     options["replay_mb"] = 8.0
                     if args.depth == "latent":
                         options["replay_per_epoch"] = study.LATENT_REPLAY
+                        if args.grid:
+                            options["replay_grid"] = extractor.artifact.output_grid
                 options.update(json.loads(text))
                 strategy = study.Strategy(
                     kind.__name__, args.depth, study.learner_maker(kind, **options)

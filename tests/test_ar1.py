@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from edge_cl.backends import open_extractor
+from edge_cl.device.classifier import new_learner
+from edge_cl.device.config import DeviceConfig
 from edge_cl.errors import CheckpointError, FrameError, LabelError, NotFittedError
 from edge_cl.imagenet import head_arrays
 from edge_cl.learner.ar1 import AR1Star, Cumulative, CWRStar, NaiveFineTune
@@ -354,3 +356,35 @@ def test_ar1_learns_real_objects_from_the_pretrained_head(
         learner.partial_fit(x[idx], [y[i] for i in idx])
     predicted = learner.predict(x[test])
     assert np.mean([p == y[i] for p, i in zip(predicted, test, strict=True)]) >= 0.9
+
+
+def test_real_int8_latents_are_replayed_exactly_on_the_extractor_grid(
+    coil_latents: tuple[np.ndarray, list[str], list[bool]], manifest: Manifest, tmp_path: Path
+) -> None:
+    x, y, _ = coil_latents
+    artifact = manifest.find(cut="latent", format="tflite", precision="int8")
+    grid = artifact.output_grid
+    assert grid is not None
+    config = DeviceConfig(state_dir=tmp_path, runtime="litert", precision="int8")
+    assert new_learner(config, artifact.sha256, manifest).config.replay_grid is None  # default
+    config = replace(config, replay_grid=True)
+    learner = new_learner(config, artifact.sha256, manifest)  # the device passes the grid
+    assert learner.config.replay_grid == grid
+    first = [i for i, label in enumerate(y) if label in ("obj3", "obj17")]
+    rest = [i for i in range(len(y)) if i not in first]
+    learner.partial_fit(x[first], [y[i] for i in first])
+    assert learner.memory is not None and len(learner.memory) == len(first)
+    stored = learner.memory.all()[0]  # (n, 1, 8, 320): 8 positions of each real latent
+    real = {p.tobytes() for p in x[first].reshape(-1, 320)}
+    assert all(p.tobytes() in real for p in stored.reshape(-1, 320))  # every value exact
+    learner.save(tmp_path / "grid.ckpt")
+    loaded = AR1Star.load(tmp_path / "grid.ckpt", extractor_sha256=artifact.sha256)
+    assert loaded.config.replay_grid == grid and loaded.memory is not None
+    assert loaded.memory.grid == grid
+    learner.partial_fit(x[rest], [y[i] for i in rest])
+    loaded.partial_fit(x[rest], [y[i] for i in rest])
+    assert np.array_equal(learner.predict_proba(x), loaded.predict_proba(x))
+    fp32 = manifest.find(cut="latent", format="tflite", precision="fp32").sha256
+    assert new_learner(config, fp32, manifest).config.replay_grid is None  # ranges per pattern
+    with pytest.raises(ValueError, match="codec 'uint4' cannot use one"):
+        AR1Star(replay_codec="uint4", replay_grid=grid)

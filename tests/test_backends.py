@@ -47,6 +47,32 @@ def test_pool_cut_equals_latent_plus_pretrained_head(
     assert cos.min() > 0.97
 
 
+@pytest.mark.parametrize(
+    ("cut", "runtime", "precision"),
+    [("latent", r, p) for r in RUNTIMES for p in ("fp32", "int8")]
+    + [("pool", r, "int8") for r in RUNTIMES],  # the shipped variants
+)
+def test_output_grids_in_the_manifest_are_the_ones_real_outputs_lie_on(
+    manifest: Manifest, frames: list[np.ndarray], cut: str, runtime: str, precision: str
+) -> None:
+    """The replay memory stores an int8 model's outputs as codes on its manifest grid: a wrong
+    step or zero would silently corrupt every stored latent, so check them on real images."""
+    ex = open_extractor(cut, runtime, precision, manifest=manifest)
+    z = ex.frames(frames)
+    grid = ex.artifact.output_grid
+    if precision == "fp32" or (cut, runtime) == ("pool", "onnx"):  # ONNX pools after dequant
+        assert grid is None
+        return
+    assert grid is not None
+    step, zero = grid
+    codes = z / np.float32(step) + zero
+    assert np.abs(codes - np.rint(codes)).max() < 1e-3  # integers up to float32 division
+    codes = np.rint(codes)
+    assert codes.min() >= 0 and codes.max() <= 255
+    assert len(np.unique(codes)) > 50  # a real spread of codes, not a degenerate output
+    assert np.array_equal((codes - np.float32(zero)) * np.float32(step), z)  # decodes exactly
+
+
 @pytest.mark.parametrize("resolution", [128, 224])
 def test_onnx_and_litert_fp32_agree(
     manifest: Manifest, frames: list[np.ndarray], resolution: int

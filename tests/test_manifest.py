@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -80,8 +81,46 @@ def test_bad_manifests_are_reported(tmp_path: Path) -> None:
         Manifest.load(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("grid", "match"),
+    [
+        ({"step": 0.0, "zero": 131}, "step"),
+        ({"step": "0.1", "zero": 131}, "step"),
+        ({"step": 0.1, "zero": 256}, "zero"),
+        ({"step": 0.1, "zero": 1.5}, "zero"),
+        ([0.1, 131], "must be an object"),
+    ],
+)
+def test_a_bad_output_grid_is_reported(tmp_path: Path, grid: object, match: str) -> None:
+    models = copy_models(tmp_path)
+    raw = json.loads((models / "manifest.json").read_text())
+    target = next(a for a in raw["artifacts"] if a["name"] == "lite0_latent_int8_tflite")
+    assert target["output"]["grid"]["zero"] == 131  # the shipped one, read from the model
+    target["output"]["grid"] = grid
+    (models / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match=f"lite0_latent_int8_tflite: output grid {match}"):
+        Manifest.load(models)
+
+
 def test_unknown_variant_lists_what_is_available(manifest: Manifest) -> None:
     with pytest.raises(ManifestError, match=r"available: .*lite0_latent_fp32_onnx"):
         manifest.find(cut="latent", format="onnx", precision="fp16")
     with pytest.raises(ManifestError, match="multiple of 32"):
         manifest.find().preprocessing_at(100)
+
+
+def test_manifest_grids_are_what_the_export_script_reads_from_the_models(
+    manifest: Manifest,
+) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "export_models", REPO / "scripts/export_models.py"
+    )
+    assert spec is not None and spec.loader is not None
+    export_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_models)
+    for a in manifest.artifacts:
+        if a.format == "npz":
+            continue
+        read = export_models.output_grid(a.path, a.format) if a.precision == "int8" else None
+        assert (None if read is None else (read["step"], read["zero"])) == a.output_grid, a.name
+    assert sum(a.output_grid is not None for a in manifest.artifacts) == 3

@@ -416,6 +416,8 @@ def broken(change: str, state: dict[str, object]) -> dict[str, object]:
         state["shape"] = np.zeros(0, np.int64)
     elif change == "size as text":
         state["size"] = "5"
+    elif change == "bad grid":
+        state["grid"] = "[-0.5, 3]"
     return state
 
 
@@ -432,6 +434,7 @@ def broken(change: str, state: dict[str, object]) -> dict[str, object]:
         "nan data",
         "size without shape",
         "size as text",
+        "bad grid",
     ],
 )
 def test_inconsistent_state_is_refused(change: str) -> None:
@@ -499,6 +502,90 @@ def test_bad_settings_are_refused() -> None:
     assert memory.shape == (1280,)
     with pytest.raises(LabelError):
         memory.forget("cup")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ grids
+GRID = (0.25, 128)
+INT8_GRID = (0.14608371257781982, 131)  # the int8 latent models' output grid (manifest)
+
+
+def on_grid(codes: np.ndarray, grid: tuple[float, int]) -> np.ndarray:
+    """The float32 values an int8 model outputs for uint8 ``codes`` on ``grid``."""
+    return ((codes.astype(np.float32) - grid[1]) * np.float32(grid[0])).astype(np.float32)
+
+
+def rows(a: np.ndarray) -> list[bytes]:
+    """The patterns of ``a`` as sorted bytes: equal when the same patterns in any order."""
+    return sorted(r.tobytes() for r in a)
+
+
+def test_grid_codec_stores_codes_alone_and_decodes_on_grid_values_exactly() -> None:
+    codec = Codec("uint8", (2, 2, 3), grid=GRID)
+    assert codec.bytes_per_pattern == 12 and list(codec.fields) == ["data"]
+    codes = np.random.default_rng(0).integers(0, 256, (5, 2, 2, 3)).astype(np.uint8)
+    x = on_grid(codes, GRID)
+    fields = codec.encode(x)
+    assert np.array_equal(fields["data"], codes)
+    assert np.array_equal(codec.decode(fields), x)
+    assert np.array_equal(codec.decode(fields, rows=np.array([3, 1])), x[[3, 1]])
+
+
+def test_grid_codec_rounds_off_grid_values_and_clips_beyond_it() -> None:
+    codec = Codec("uint8", (4,), grid=GRID)
+    x = np.array([[0.1, 0.13, -40.0, 40.0]], np.float32)
+    assert codec.decode(codec.encode(x)).tolist() == [[0.0, 0.25, -32.0, 31.75]]
+
+
+def test_a_grid_memory_holds_1_5x_the_patterns_in_8_mb_and_stores_them_exactly() -> None:
+    shape = (1, 8, 320)  # what the default AR1* stores of a 4x4 latent
+    ranges = ReplayMemory(8 << 20, "uint8")
+    grid = ReplayMemory(8 << 20, "uint8", grid=INT8_GRID)
+    assert Codec("uint8", shape, INT8_GRID).bytes_per_pattern == 2560  # + 4 for the label
+    codes = np.random.default_rng(1).integers(0, 256, (20, *shape)).astype(np.uint8)
+    x = on_grid(codes, INT8_GRID)
+    for memory in (ranges, grid):
+        memory.add(x, np.arange(20) % 4, 0)
+    assert (ranges.bytes_per_pattern, grid.bytes_per_pattern) == (3844, 2564)
+    assert (ranges.capacity, grid.capacity) == (2182, 3271)
+    assert grid.nbytes <= 8 << 20 and grid.footprint()["grid"] == "step 0.146084, zero 131"
+    assert rows(grid.all()[0]) == rows(x)  # stored in a random order, every value exact
+    assert rows(ranges.all()[0]) != rows(x)  # per-pattern ranges are close, not exact
+
+
+def test_grid_state_round_trips_and_states_from_before_grids_have_none() -> None:
+    memory = ReplayMemory(50_000, "uint8", "class_balanced", seed=2, grid=INT8_GRID)
+    rng = np.random.default_rng(3)
+    batches = [on_grid(rng.integers(0, 256, (30, 2, 2, 16)), INT8_GRID) for _ in range(3)]
+    memory.add(batches[0], rng.integers(0, 5, 30), 0)
+    loaded = ReplayMemory.from_state_dict(through_checkpoint(memory.state_dict()))
+    assert loaded.grid == INT8_GRID and loaded.footprint() == memory.footprint()
+    for i, x in enumerate(batches[1:], start=1):
+        y = rng.integers(0, 5, 30)
+        memory.add(x, y, i)
+        loaded.add(x, y, i)
+    assert np.array_equal(memory.all()[0], loaded.all()[0])
+    old = ReplayMemory(50_000, "uint8")
+    old.add(batches[0], np.zeros(30, np.int64), 0)
+    state = through_checkpoint(old.state_dict())
+    del state["grid"]
+    assert ReplayMemory.from_state_dict(state).grid is None
+
+
+@pytest.mark.parametrize(
+    ("codec", "grid", "match"),
+    [
+        ("uint4", GRID, "codec 'uint4' cannot use one"),
+        ("float32", GRID, "codec 'float32' cannot use one"),
+        ("uint8", (0.0, 128), "step"),
+        ("uint8", (float("nan"), 128), "step"),
+        ("uint8", (0.25, 256), "zero"),
+        ("uint8", (0.25, 1.0), "zero"),
+        ("uint8", (0.25,), r"\(step, zero\)"),
+    ],
+)
+def test_bad_grids_are_refused(codec: str, grid: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ReplayMemory(1000, codec, grid=grid)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- real data

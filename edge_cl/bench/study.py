@@ -38,7 +38,7 @@ from edge_cl.learner.ar1 import (
 )
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
 from edge_cl.learner.labels import Label
-from edge_cl.learner.replay import LABEL_DTYPE, Codec
+from edge_cl.learner.replay import LABEL_DTYPE, Codec, Grid
 from edge_cl.perf import cpu_model
 
 STUDY_STORED_LATENT = AR1Config().stored_shape((4, 4, LATENT_CHANNELS))
@@ -115,8 +115,15 @@ def learner_maker(
     return make
 
 
-def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
-    """Every strategy of the study, by name."""
+def strategies(
+    replay_mb: float = 8.0, epochs: int = 4, grid: Grid | None = None
+) -> dict[str, Strategy]:
+    """Every strategy of the study, by name.
+
+    ``grid`` is the extractor's output grid (``Artifact.output_grid``, None for fp32 models):
+    ``ar1-latent-grid`` is ``ar1-latent`` with its uint8 replay stored as codes on it
+    (``AR1Config.replay_grid``, 1.5x the patterns in the same bytes; without a grid, the same).
+    """
 
     def ar1(depth: str, **kw: Any) -> Callable[[dict[str, np.ndarray], int], Learner]:
         return learner_maker(
@@ -130,6 +137,11 @@ def strategies(replay_mb: float = 8.0, epochs: int = 4) -> dict[str, Strategy]:
 
     table = [
         Strategy("ar1-latent", "latent", ar1("latent", replay_per_epoch=LATENT_REPLAY)),
+        Strategy(
+            "ar1-latent-grid",
+            "latent",
+            ar1("latent", replay_per_epoch=LATENT_REPLAY, replay_grid=grid),
+        ),
         Strategy("ar1-latent-reference", "latent", ar1("latent", **REFERENCE_RECIPE)),
         Strategy("ar1-latent-allpositions", "latent", ar1("latent", **ALL_POSITIONS_RECIPE)),
         Strategy(
@@ -451,7 +463,8 @@ def bench(
     ``on_ordering`` gets the results so far after every ordering, so a long study can be saved
     as it goes and stopped at any time.
     """
-    table = strategies(replay_mb, epochs)
+    grid = cache.extractor.artifact.output_grid
+    table = strategies(replay_mb, epochs, grid)
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; choose from {sorted(table)}")
@@ -464,6 +477,7 @@ def bench(
         "runs": runs,
         "strategies": list(names),
         "replay_mb": replay_mb,
+        "replay_grid": grid,
         "epochs": epochs,
         "eval_points": eval_points,
     }

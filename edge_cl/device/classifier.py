@@ -38,12 +38,20 @@ class Verdict:
 
 
 def new_learner(config: DeviceConfig, extractor_sha256: str, manifest: Manifest) -> AR1Star:
-    """A fresh AR1* learner above the configured cut, starting from the pretrained head."""
+    """A fresh AR1* learner above the configured cut, starting from the pretrained head.
+
+    With ``config.replay_grid``, if the manifest's artifact of ``extractor_sha256`` outputs
+    values on a uint8 grid (the int8 models), the replay memory stores those codes alone
+    (``AR1Config.replay_grid``).
+    """
     head = head_arrays(manifest.head()) if config.cut == "latent" else None
+    artifact = next((a for a in manifest.artifacts if a.sha256 == extractor_sha256), None)
+    grid = artifact.output_grid if artifact is not None and config.replay_grid else None
     return AR1Star(
         head,
         extractor_sha256,
         depth=config.cut,
+        replay_grid=grid,
         replay_mb=config.replay_mb,
         replay_per_epoch=config.replay_per_epoch,
         epochs=config.epochs,

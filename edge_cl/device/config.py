@@ -56,7 +56,11 @@ class DeviceConfig:
       ``capture_size`` asks the camera for (width, height), ``loop`` replays files forever.
     - ``models``, ``cut`` (``latent`` or ``pool``, also the learner's depth), ``runtime``,
       ``precision``, ``resolution`` (multiple of 32), ``threads``: the frozen extractor.
-    - ``replay_mb``, ``replay_per_epoch``, ``epochs``: the AR1* learner (see ``AR1Config``).
+    - ``replay_mb``, ``replay_per_epoch``, ``epochs``: the AR1* learner (see ``AR1Config``);
+      ``replay_grid``: with an int8 model, store replay as the model's own output codes (exact,
+      1.5x the patterns in ``replay_mb``; better on two of the three study streams, worse on
+      the cluttered one, ``docs/results/replay_grid.md``). A checkpoint keeps what it was made
+      with.
     - ``learning_fps``: while the learner trains, frames are classified at most this often, so
       the update gets the cores and a teach is learned sooner (0: no limit).
     - ``teach_max_frames``: latents kept while teach is held (evenly thinned beyond it);
@@ -90,6 +94,7 @@ class DeviceConfig:
     threads: int = 2
     replay_mb: float = 8.0
     replay_per_epoch: int = 512
+    replay_grid: bool = False
     epochs: int = 4
     learning_fps: float = 5.0
     teach_max_frames: int = 120

@@ -9,6 +9,11 @@ Codecs: ``float32`` stores latents as they are (the reference); ``uint8`` and ``
 each pattern per channel (the last axis) to 256 or 16 levels between its minimum and maximum, the
 minimum and step stored as float16, ``uint4`` packing two codes per byte. A 1-D pattern (pooled
 features) has no axes to share a channel's range over, so it is quantised as one channel.
+
+``uint8`` with a ``grid`` ``(step, zero)`` stores each value as the code of one grid shared by the
+whole memory, ``value = (code - zero) * step``, and no per-pattern ranges: an int8 extractor's
+latents already lie on such a grid (``Artifact.output_grid``), so they are stored exactly in one
+byte per value. Values off the grid round to the nearest code; values beyond it clip.
 """
 
 from __future__ import annotations
@@ -27,6 +32,27 @@ LABEL_DTYPE = np.dtype(np.int32)
 STATE_VERSION = 1
 F16_MAX = float(np.finfo(np.float16).max)
 _LEVELS = {"uint8": 256, "uint4": 16}
+Grid = tuple[float, int]
+
+
+def check_grid(grid: object, codec: str) -> Grid | None:
+    """``grid`` as ``(step, zero)`` floats/ints, or None; ``ValueError`` if unusable.
+
+    >>> check_grid([0.25, 131], "uint8")
+    (0.25, 131)
+    """
+    if grid is None:
+        return None
+    if codec != "uint8":
+        raise ValueError(f"a replay grid stores uint8 codes; codec {codec!r} cannot use one")
+    if not isinstance(grid, tuple | list) or len(grid) != 2:
+        raise ValueError(f"a replay grid is (step, zero), got {grid!r}")
+    step, zero = grid
+    if isinstance(step, bool) or not isinstance(step, float | int) or not 0 < step < math.inf:
+        raise ValueError(f"a replay grid step must be a positive finite number, got {step!r}")
+    if isinstance(zero, bool) or not isinstance(zero, int) or not 0 <= zero <= 255:
+        raise ValueError(f"a replay grid zero must be an int code in 0..255, got {zero!r}")
+    return float(step), int(zero)
 
 
 def _groups(shape: Sequence[int]) -> tuple[int, int]:
@@ -129,8 +155,8 @@ class Codec:
     """How patterns of one shape are stored: field layout per pattern, encode and decode.
 
     ``encode`` turns (n, *shape) float32 into named arrays with a leading axis n (``data``,
-    plus ``lo`` and ``scale`` for the quantised codecs); ``decode`` inverts it, optionally only
-    for ``rows`` of the fields and into a caller's buffer.
+    plus ``lo`` and ``scale`` for the quantised codecs without a ``grid``); ``decode`` inverts
+    it, optionally only for ``rows`` of the fields and into a caller's buffer.
 
     >>> codec = Codec("uint4", (2, 3))
     >>> codec.bytes_per_pattern  # 3 bytes of codes + 3 float16 minima + 3 float16 steps
@@ -138,11 +164,15 @@ class Codec:
     >>> x = np.array([[[0.0, 1.0, 2.0], [7.5, 1.0, 2.0]]], np.float32)
     >>> codec.decode(codec.encode(x)).tolist()
     [[[0.0, 1.0, 2.0], [7.5, 1.0, 2.0]]]
+    >>> on_grid = Codec("uint8", (2, 3), grid=(0.5, 4))
+    >>> on_grid.bytes_per_pattern, on_grid.encode(x)["data"].tolist()
+    (6, [[[4, 6, 8], [19, 6, 8]]])
     """
 
-    def __init__(self, name: str, shape: Sequence[int]) -> None:
+    def __init__(self, name: str, shape: Sequence[int], grid: Grid | None = None) -> None:
         if name not in CODECS:
             raise ValueError(f"unknown codec {name!r}; choose one of {CODECS}")
+        self.grid = check_grid(grid, name)
         self.name = name
         self.shape = tuple(int(d) for d in shape)
         if not self.shape or min(self.shape) < 1:
@@ -156,7 +186,7 @@ class Codec:
             self.fields["data"] = (self.shape, np.dtype(np.uint8))
         else:
             self.fields["data"] = (((self.size + 1) // 2,), np.dtype(np.uint8))
-        if name != "float32":
+        if name != "float32" and self.grid is None:
             self.fields["lo"] = ((channels,), np.dtype(np.float16))
             self.fields["scale"] = ((channels,), np.dtype(np.float16))
 
@@ -172,6 +202,12 @@ class Codec:
             raise ValueError(f"patterns of shape {x.shape[1:]}, this codec stores {self.shape}")
         if self.name == "float32":
             return {"data": x.copy()}
+        if self.grid is not None:
+            step, zero = self.grid
+            t = x / np.float32(step)
+            np.rint(t, out=t)
+            t += zero
+            return {"data": np.clip(t, 0, 255, out=t).astype(np.uint8)}
         q, lo, scale = quantize(x, _LEVELS[self.name])
         data = q if self.name == "uint8" else pack_uint4(q)
         return {"data": data, "lo": lo, "scale": scale}
@@ -190,6 +226,11 @@ class Codec:
             np.take(fields["data"], np.arange(n) if rows is None else rows, axis=0, out=out)
             return out
         data = fields["data"] if rows is None else fields["data"][rows]
+        if self.grid is not None:
+            step, zero = self.grid
+            np.subtract(data.reshape(out.shape), np.float32(zero), out=out)
+            out *= np.float32(step)
+            return out
         lo = fields["lo"] if rows is None else fields["lo"][rows]
         scale = fields["scale"] if rows is None else fields["scale"][rows]
         if self.name == "uint4":
@@ -246,16 +287,30 @@ class ReplayMemory:
     >>> xs, ys = memory.sample(3)
     >>> xs.shape, xs.dtype, ys.shape
     ((3, 4, 4, 32), dtype('float32'), (3,))
+
+    With the ``grid`` its latents lie on (an int8 extractor's output), a pattern takes one byte
+    per value:
+
+    >>> on_grid = ReplayMemory(max_bytes=100_000, grid=(0.25, 128))
+    >>> on_grid.add(x, np.arange(8) % 2, batch_index=0)
+    >>> on_grid.capacity, on_grid.bytes_per_pattern
+    (193, 516)
     """
 
     def __init__(
-        self, max_bytes: int, codec: str = "uint8", policy: str = "uniform", seed: int = 0
+        self,
+        max_bytes: int,
+        codec: str = "uint8",
+        policy: str = "uniform",
+        seed: int = 0,
+        grid: Grid | None = None,
     ) -> None:
         self.max_bytes = _check_int(max_bytes, "max_bytes", 1)
         if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}; choose one of {CODECS}")
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
+        self.grid = check_grid(grid, codec)
         self.codec = codec
         self.policy = policy
         self.seed = _check_int(seed, "seed", 0)
@@ -309,6 +364,7 @@ class ReplayMemory:
             ratio = reference / self.bytes_per_pattern
         return {
             "codec": self.codec,
+            "grid": None if self.grid is None else "step {:g}, zero {}".format(*self.grid),
             "policy": self.policy,
             "capacity": self.capacity,
             "filled": len(self),
@@ -319,7 +375,7 @@ class ReplayMemory:
         }
 
     def _allocate(self, shape: Sequence[int]) -> None:
-        codec = Codec(self.codec, shape)
+        codec = Codec(self.codec, shape, self.grid)
         per_pattern = codec.bytes_per_pattern + LABEL_DTYPE.itemsize
         capacity = self.max_bytes // per_pattern
         if capacity < 1:
@@ -350,7 +406,12 @@ class ReplayMemory:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if not np.isfinite(x).all():
             raise FrameError("latents contain NaN or infinite values")
-        if self.codec != "float32" and x.size and float(np.abs(x).max()) > F16_MAX:
+        if (
+            self.codec != "float32"
+            and self.grid is None
+            and x.size
+            and float(np.abs(x).max()) > F16_MAX
+        ):
             raise FrameError(
                 f"codec {self.codec!r} stores ranges as float16: latents must be within "
                 f"+-{F16_MAX:g}; use codec='float32'"
@@ -505,6 +566,7 @@ class ReplayMemory:
             "version": STATE_VERSION,
             "max_bytes": self.max_bytes,
             "codec": self.codec,
+            "grid": json.dumps(self.grid),
             "policy": self.policy,
             "seed": self.seed,
             "rng": json.dumps(self._rng.bit_generator.state),
@@ -540,8 +602,13 @@ class ReplayMemory:
                 f"replay state version {version}; this edge_cl reads version {STATE_VERSION}"
             )
         try:
+            grid = json.loads(str(state.get("grid", "null")))  # absent before grids: none
             memory = cls(
-                integer("max_bytes"), str(need("codec")), str(need("policy")), integer("seed")
+                integer("max_bytes"),
+                str(need("codec")),
+                str(need("policy")),
+                integer("seed"),
+                grid,
             )
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"replay state has unusable settings: {e}") from e
