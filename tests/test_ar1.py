@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from edge_cl.backends import open_extractor
+from edge_cl.bench import study
 from edge_cl.device.classifier import new_learner
 from edge_cl.device.config import DeviceConfig
 from edge_cl.errors import CheckpointError, FrameError, LabelError, NotFittedError
 from edge_cl.imagenet import head_arrays
-from edge_cl.learner.ar1 import AR1Star, Cumulative, CWRStar, NaiveFineTune
+from edge_cl.learner.ar1 import BASELINE_RATES, AR1Star, Cumulative, CWRStar, NaiveFineTune
 from edge_cl.learner.checkpoint import load_state, save_state
 from edge_cl.learner.layers import BatchRenorm
 from edge_cl.manifest import Manifest
@@ -95,8 +96,20 @@ def test_first_batch_ramps_batch_renorm_then_slows_its_statistics() -> None:
     learner.partial_fit(x, y)
     assert 1.0 < norm.r_max <= 1.25 and 0.0 < norm.d_max <= 0.5
     learner.partial_fit(*blobs(rng, [2], 20, (2, 2, 320)))
-    assert norm.momentum == pytest.approx(5e-5)
+    assert norm.momentum == pytest.approx(1e-3)  # AR1Config.brn_momentum, 10x below the first's
     assert (norm.r_max, norm.d_max) == (1.25, 0.5)
+
+
+def test_references_keep_their_rates_when_ar1_defaults_change() -> None:
+    defaults = AR1Star().config
+    assert (defaults.lr, defaults.latent_lr_scale, defaults.brn_momentum) == (0.01, 9.0, 1e-3)
+    for kind in (Cumulative, CWRStar, NaiveFineTune):
+        config = kind().config
+        rates = {name: getattr(config, name) for name in BASELINE_RATES}
+        assert rates == {"lr": 0.03, "latent_lr_scale": 3.0, "brn_momentum": 5e-5}, kind
+    assert study.ALL_POSITIONS_RECIPE.items() >= BASELINE_RATES.items()
+    reference = {k: study.REFERENCE_RECIPE[k] for k in BASELINE_RATES}
+    assert reference == {"lr": 0.03, "latent_lr_scale": 1.0, "brn_momentum": 5e-5}
 
 
 def test_latent_layers_train_in_the_first_latent_epochs_only() -> None:
@@ -286,8 +299,8 @@ def test_saving_over_an_existing_checkpoint_is_atomic(tmp_path: Path) -> None:
 
 def test_synaptic_intelligence_anchors_the_important_weights() -> None:
     def weighted_drift(si_lambda: float) -> float:
-        kw = {"epochs": 4, "lr_first": 0.05, "lr": 0.05, "replay_mb": 0, "latent_epochs": None}
-        learner = train_stream(AR1Star(depth="latent", si_lambda=1.0, **kw), 2)
+        kw = {"epochs": 4, "lr_first": 0.05, "lr": 0.05, "latent_lr_scale": 3.0, "replay_mb": 0}
+        learner = train_stream(AR1Star(depth="latent", si_lambda=1.0, latent_epochs=None, **kw), 2)
         importance = {k: v.copy() for k, v in learner.si_importance.items()}
         learner.config = replace(learner.config, si_lambda=si_lambda)
         start = {k: v.copy() for k, v in learner._si_params().items()}
@@ -299,7 +312,8 @@ def test_synaptic_intelligence_anchors_the_important_weights() -> None:
     learner = train_stream(si, 2)
     importance = np.concatenate([v.ravel() for v in learner.si_importance.values()])
     assert importance.min() >= 0 and importance.max() <= 1e-3 and importance.max() > 0
-    # the penalty halves how far the important weights move (1e4 * 1e-3 * lr stays stable)
+    # the penalty halves how far the important weights move (1e4 * 1e-3 * the latent layers' lr,
+    # 0.15, stays stable)
     assert weighted_drift(1e4) < 0.6 * weighted_drift(1e-9)
 
 

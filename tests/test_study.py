@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ from edge_cl.bench.plots import plot_study
 from edge_cl.bench.sklearn_baselines import KNNHead, SGDHead
 from edge_cl.bench.study import (
     Progress,
+    Stream,
     evaluation_points,
     markdown_table,
     quick_check,
@@ -20,6 +22,8 @@ from edge_cl.bench.study import (
 )
 from edge_cl.cli import main
 from edge_cl.errors import FrameError, NotFittedError
+from edge_cl.learner.ar1 import AR1Star
+from edge_cl.learner.labels import Label
 
 
 def core50_filelists(datasets: Path, out: Path) -> Path:
@@ -178,3 +182,33 @@ def test_sklearn_baselines_learn_new_classes_over_time() -> None:
         KNNHead().predict(x)
     with pytest.raises(FrameError):
         SGDHead().partial_fit(x[0], ["a"])
+
+
+def test_diagnose_learner_measures_batch_renorm_staleness_without_changing_the_learner() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "diagnose_learner", Path(__file__).parents[1] / "scripts/diagnose_learner.py"
+    )
+    assert spec is not None and spec.loader is not None
+    diagnose_learner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose_learner)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 1, 1, 320)).astype(np.float32)
+
+    def batch(classes: list[int], n: int) -> tuple[np.ndarray, list[Label]]:
+        x = np.concatenate([centres[c] + 0.5 * rng.normal(size=(n, 2, 2, 320)) for c in classes])
+        return x.astype(np.float32), [f"c{c}" for c in classes for _ in range(n)]
+
+    stream = Stream([batch([0, 1], 20), batch([2], 20), batch([0], 10)], *batch([0, 1, 2], 10))
+    learner = AR1Star(depth="latent", epochs=2, minibatch=16, replay_mb=1)
+    for x, y in stream.batches:
+        learner.partial_fit(x, y)
+    before = diagnose_learner.diagnose(learner, stream)
+    assert before["memory head"] >= 90 and before["lda, all"] >= 90
+    norm = learner.latent[1]
+    norm.buffers["running_std"] *= 2.0
+    stale = {k: v.copy() for k, v in norm.buffers.items()}
+    after = diagnose_learner.diagnose(learner, stream)
+    assert after["std ratio"] == pytest.approx(2 * before["std ratio"], abs=2e-3)
+    assert after["cw, fresh stats"] == before["cw, fresh stats"]  # the population's, both times
+    for k, v in norm.buffers.items():
+        np.testing.assert_array_equal(v, stale[k])  # the learner's own statistics are restored

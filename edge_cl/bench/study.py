@@ -28,6 +28,7 @@ from edge_cl.bench.sklearn_baselines import KNNHead, SGDHead
 from edge_cl.device.config import DeviceConfig
 from edge_cl.imagenet import PretrainedHead
 from edge_cl.learner.ar1 import (
+    BASELINE_RATES,
     LATENT_CHANNELS,
     POOL_CHANNELS,
     AR1Config,
@@ -85,6 +86,7 @@ class Strategy:
 
 
 REFERENCE_RECIPE: dict[str, Any] = {
+    **BASELINE_RATES,
     "replay_per_epoch": 256,
     "latent_lr_scale": 1.0,
     "latent_epochs": None,
@@ -96,6 +98,7 @@ REFERENCE_RECIPE: dict[str, Any] = {
 latent layers on every position, minibatches of 128, uniform replay), 256 replayed per batch."""
 
 ALL_POSITIONS_RECIPE: dict[str, Any] = {
+    **BASELINE_RATES,
     "replay_per_epoch": 256,
     "latent_positions": None,
     "minibatch": 32,
