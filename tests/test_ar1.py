@@ -102,7 +102,7 @@ def test_first_batch_ramps_batch_renorm_then_slows_its_statistics() -> None:
 
 def test_references_keep_their_rates_when_ar1_defaults_change() -> None:
     defaults = AR1Star().config
-    assert (defaults.lr, defaults.latent_lr_scale, defaults.brn_momentum) == (0.01, 9.0, 1e-3)
+    assert (defaults.lr, defaults.latent_lr_scale, defaults.brn_momentum) == (0.005, 18.0, 1e-3)
     for kind in (Cumulative, CWRStar, NaiveFineTune):
         config = kind().config
         rates = {name: getattr(config, name) for name in BASELINE_RATES}

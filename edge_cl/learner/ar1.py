@@ -76,7 +76,7 @@ class AR1Config:
     - ``cwr``: CWR* on the output layer; off, the output layer is fine-tuned like any layer.
     - ``train_latent_layers``: off, conv_head and its normalisation stay as pretrained;
       ``latent_lr_scale``: their learning rate as a multiple of the output layer's. The defaults,
-      ``lr`` 0.01 after the first batch with the latent layers at 9x (0.09, as before), and
+      ``lr`` 0.005 after the first batch with the latent layers at 18x (0.09, as before), and
       ``brn_momentum`` 1e-3, keep BRN's running statistics close to the drifting conv_head, so
       that the output layer is trained on the features it is evaluated with
       (``docs/results/learner_tuning.md``, sixth session).
@@ -101,12 +101,12 @@ class AR1Config:
     epochs: int = 4
     minibatch: int = 64
     lr_first: float = 0.03
-    lr: float = 0.01
+    lr: float = 0.005
     momentum: float = 0.9
     weight_decay: float = 5e-4
     cwr: bool = True
     train_latent_layers: bool = True
-    latent_lr_scale: float = 9.0
+    latent_lr_scale: float = 18.0
     latent_epochs: int | None = 1
     latent_positions: int | None = 8
     replay_mb: float = 8.0
