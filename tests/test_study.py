@@ -184,13 +184,13 @@ def test_sklearn_baselines_learn_new_classes_over_time() -> None:
         SGDHead().partial_fit(x[0], ["a"])
 
 
-def test_diagnose_learner_measures_batch_renorm_staleness_without_changing_the_learner() -> None:
+def test_tune_diagnose_measures_batch_renorm_staleness_without_changing_the_learner() -> None:
     spec = importlib.util.spec_from_file_location(
-        "diagnose_learner", Path(__file__).parents[1] / "scripts/diagnose_learner.py"
+        "tune_learner", Path(__file__).parents[1] / "scripts/tune_learner.py"
     )
     assert spec is not None and spec.loader is not None
-    diagnose_learner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnose_learner)
+    tune_learner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune_learner)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 1, 1, 320)).astype(np.float32)
 
@@ -202,12 +202,12 @@ def test_diagnose_learner_measures_batch_renorm_staleness_without_changing_the_l
     learner = AR1Star(depth="latent", epochs=2, minibatch=16, replay_mb=1)
     for x, y in stream.batches:
         learner.partial_fit(x, y)
-    before = diagnose_learner.diagnose(learner, stream)
+    before = tune_learner.diagnose(learner, stream)
     assert before["memory head"] >= 90 and before["lda, all"] >= 90
     norm = learner.latent[1]
     norm.buffers["running_std"] *= 2.0
     stale = {k: v.copy() for k, v in norm.buffers.items()}
-    after = diagnose_learner.diagnose(learner, stream)
+    after = tune_learner.diagnose(learner, stream)
     assert after["std ratio"] == pytest.approx(2 * before["std ratio"], abs=2e-3)
     assert after["cw, fresh stats"] == before["cw, fresh stats"]  # the population's, both times
     for k, v in norm.buffers.items():
