@@ -40,7 +40,12 @@ from edge_cl import __version__
 from edge_cl.device.config import DeviceConfig
 from edge_cl.errors import BackendUnavailableError, EdgeClError, MissingExtraError
 from edge_cl.learner.ar1 import LATENT_CHANNELS, POOL_CHANNELS, AR1Config, AR1Star
+from edge_cl.learner.protocol import Learner, replay_memory
+from edge_cl.learner.registry import learner_spec
 from edge_cl.manifest import Artifact, Manifest
+
+DEFAULT_REPLAYED = AR1Config().replay_per_epoch or 0
+"""Replayed patterns per update of the default learner (``AR1Config.replay_per_epoch``)."""
 
 SECTIONS = ("extractor", "learner", "loop")
 """Sections ``--only`` can select; the machine section (matmul peak) always runs."""
@@ -84,7 +89,7 @@ class PerfSettings:
     peak_size: int = 1024
     news: tuple[int, ...] = (30, 100, 300)
     replay: int = 1500
-    replay_per_epoch: int = DeviceConfig.replay_per_epoch
+    replay_per_epoch: int = DEFAULT_REPLAYED
     epochs: int = 4
     camera: tuple[int, int] = (640, 480)
     loop_seconds: float = 10.0
@@ -247,8 +252,9 @@ def _blas_threads() -> list[int]:
     return [int(i["num_threads"]) for i in _blas_runtime()]
 
 
-def _memory(learner: AR1Star) -> int:
-    return len(learner.memory) if learner.memory is not None else 0
+def _memory(learner: Learner) -> int:
+    memory = replay_memory(learner)
+    return len(memory) if memory is not None else 0
 
 
 def _per(value: float | None, by: float | None) -> float | None:
@@ -581,21 +587,24 @@ def _wait_ready(notify: socket.socket, pid: int, timeout: float, log_file: Path)
 
 
 def seed_checkpoint(config: DeviceConfig, replay: int) -> int:
-    """Write the checkpoint a device has after a while: 10 classes and its replay memory full
-    (up to ``replay`` patterns), so a teach replays what it would in service; returns the fill."""
+    """Write the checkpoint a device of ``config.learner`` has after a while: 10 classes from
+    ``replay`` patterns, which fill its replay memory if it has one (up to ``replay``), so a
+    teach replays what it would in service; returns the fill. Learners with ``epochs`` learn
+    them in one (the resumed learner takes the configured ones)."""
     from edge_cl.backends import RUNTIME_FORMATS
     from edge_cl.device.classifier import new_learner
 
     manifest = Manifest.load(config.models)
     fmt = RUNTIME_FORMATS[config.runtime]
     sha = manifest.find(cut=config.cut, format=fmt, precision=config.precision).sha256
-    learner = new_learner(config, sha, manifest)
+    seeding = config
+    if "epochs" in learner_spec(config.learner).options:
+        seeding = replace(config, learner_options={**config.learner_options, "epochs": 1})
+    learner = new_learner(seeding, sha, manifest)
     side = config.resolution // 32
     shape = (side, side, LATENT_CHANNELS) if config.cut == "latent" else (POOL_CHANNELS,)
     x = np.abs(np.random.default_rng(3).normal(size=(replay, *shape))).astype(np.float32)
-    learner.config = replace(learner.config, epochs=1)
     learner.partial_fit(x, [f"c{i % 10}" for i in range(replay)])
-    learner.config = replace(learner.config, epochs=config.epochs)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     learner.save(config.checkpoint)
     return _memory(learner)
@@ -663,18 +672,14 @@ def bench_loop(settings: PerfSettings, models: Path | None, log: Log) -> dict[st
         memory = seed_checkpoint(config, settings.replay)
         log(f"device loop: checkpoint with 10 classes and {memory} replay patterns")
         sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
-        keys = (
-            "runtime",
-            "precision",
-            "resolution",
-            "threads",
-            "cut",
-            "epochs",
-            "replay_per_epoch",
-        )
+        keys = ("runtime", "precision", "resolution", "threads", "cut", "learner")
+        options = {**learner_spec(config.learner).options, **config.learner_options}
+        schedule = {k: options[k] for k in ("epochs", "replay_per_epoch") if k in options}
         result: dict[str, Any] = {
             "command": "edge-cl run " + " ".join(sets),
-            "config": {k: getattr(config, k) for k in keys} | {"camera": f"{width}x{height}"},
+            "config": {k: getattr(config, k) for k in keys}
+            | schedule
+            | {"camera": f"{width}x{height}"},
             "memory": memory,
             "render_ms": 1e3 * render,
         }
@@ -696,7 +701,10 @@ def bench_loop(settings: PerfSettings, models: Path | None, log: Log) -> dict[st
                 result["startup_s"] = _wait_ready(notify, proc.pid, 120.0, tmp / "run.log") - start
                 log(f"device loop: first prediction {result['startup_s']:.2f} s after start")
                 result |= _drive(ctl, settings, log)
-                result["teach"]["replayed"] = min(config.replay_per_epoch, memory)
+                per_epoch = schedule.get("replay_per_epoch")
+                result["teach"]["replayed"] = (
+                    memory if per_epoch is None else min(per_epoch, memory)
+                )
                 proc.send_signal(signal.SIGTERM)
                 reaped = _reap(proc.pid, 60.0)
                 if reaped is None:
@@ -820,7 +828,7 @@ def targets(result: Mapping[str, Any]) -> list[Target]:
     out += [
         Target(
             f"device loop teach latency ({teach.get('used', 30)} frames + "
-            f"{teach.get('replayed', DeviceConfig.replay_per_epoch)} replayed)",
+            f"{teach.get('replayed', DEFAULT_REPLAYED)} replayed)",
             "s",
             "<=",
             0.5,

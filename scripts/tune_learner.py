@@ -4,16 +4,17 @@
         '{"brn_momentum": 1e-3}' '{"replay_per_epoch": 512}'
 
 Each JSON argument is a set of ``AR1Config`` overrides on top of the study's settings (8 MB
-replay, 4 epochs, and for depth ``latent`` ``study.LATENT_REPLAY`` (512) replayed patterns per
-batch); ``{}`` is the baseline. ``--grid`` stores replay as codes on the int8 extractor's output
-grid (``AR1Config.replay_grid``). ``--cumulative`` runs cumulative retraining with the overrides
-instead. Prints final and intermediate accuracy, FLOPs and seconds; numpy runs on one thread.
+replay, 4 epochs, the rest ``AR1Config``'s defaults); ``{}`` is the baseline. ``--grid``
+stores replay as codes on the int8 extractor's output grid (``AR1Config.replay_grid``).
+``--cumulative`` runs cumulative retraining with the overrides instead. Prints final and
+intermediate accuracy, FLOPs and seconds; numpy runs on one thread.
 Results are in ``docs/results/learner_tuning.md``.
 
 ``--diagnose`` (AR1* at depth ``latent``) trains over each ordering, then prints where AR1*
 loses accuracy, on the held-out test set:
 
-- ``cw``: the learner's own accuracy (CWR*'s consolidated output layer);
+- ``learner``: the learner's own accuracy (with the Gaussian head when it has one);
+- ``cw``: CWR*'s consolidated output layer alone;
 - ``stale mean`` / ``std ratio``: how far BRN's running statistics are from the population
   statistics of the conv_head's output over the replay memory (mean offset in population
   standard deviations; running std over population std, averaged over channels);
@@ -39,7 +40,7 @@ from threadpoolctl import threadpool_limits
 from edge_cl.backends import open_extractor
 from edge_cl.bench import study
 from edge_cl.bench.latents import LatentCache
-from edge_cl.bench.scenarios import DEFAULT_DATASETS, build
+from edge_cl.bench.scenarios import DEFAULT_DATASETS, build, image_folder
 from edge_cl.imagenet import PretrainedHead, head_arrays
 from edge_cl.learner.ar1 import POOL_CHANNELS, AR1Star, Cumulative
 from edge_cl.learner.baselines import StreamingLDA
@@ -88,6 +89,7 @@ def diagnose(learner: AR1Star, stream: study.Stream) -> dict[str, float]:
     mean, std = pre.mean(0), np.sqrt(pre.var(0) + norm.eps)
     test = pooled(learner, stream.test_x)
     out = {
+        "learner": round(100 * study.accuracy(learner, stream.test_x, stream.test_y), 1),
         "cw": acc(test, learner.cw),
         "stale mean": round(float(np.mean(np.abs(norm.running_mean - mean)) / std.mean()), 3),
         "std ratio": round(float(np.mean(norm.running_std / std)), 3),
@@ -125,7 +127,9 @@ def main() -> None:
     cache = LatentCache(CACHE / "latents", extractor)
     kind = Cumulative if args.cumulative else AR1Star
     for seed in [int(part) for part in args.seed.split(",")]:
-        scenario = build(args.scenario, args.datasets, seed, CACHE / "images" / args.scenario)
+        scenario = build(
+            args.scenario, args.datasets, seed, CACHE / "images" / image_folder(args.scenario)
+        )
         with threadpool_limits(1):
             stream = study.load_stream(scenario, cache)
             if args.depth == "pool":
@@ -135,10 +139,8 @@ def main() -> None:
                 options: dict[str, Any] = {"depth": args.depth, "epochs": 4}
                 if not args.cumulative:
                     options["replay_mb"] = 8.0
-                    if args.depth == "latent":
-                        options["replay_per_epoch"] = study.LATENT_REPLAY
-                        if args.grid:
-                            options["replay_grid"] = extractor.artifact.output_grid
+                    if args.depth == "latent" and args.grid:
+                        options["replay_grid"] = extractor.artifact.output_grid
                 options.update(json.loads(text))
                 strategy = study.Strategy(
                     kind.__name__, args.depth, study.learner_maker(kind, **options)

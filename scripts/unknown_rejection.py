@@ -21,7 +21,7 @@ import numpy as np
 from edge_cl.backends import open_extractor
 from edge_cl.bench.latents import LatentCache
 from edge_cl.bench.scenarios import DEFAULT_DATASETS, build
-from edge_cl.bench.study import LATENT_REPLAY, load_stream
+from edge_cl.bench.study import load_stream
 from edge_cl.imagenet import head_arrays
 from edge_cl.learner.ar1 import AR1Star
 from edge_cl.manifest import Manifest
@@ -43,9 +43,7 @@ def main() -> int:
     for seed in args.seeds:
         scenario = build(args.scenario, args.datasets, seed, args.cache / "images" / args.scenario)
         stream = load_stream(scenario, cache)
-        learner = AR1Star(
-            head, ex.artifact.sha256, depth="latent", replay_per_epoch=LATENT_REPLAY, seed=seed
-        )
+        learner = AR1Star(head, ex.artifact.sha256, depth="latent", seed=seed)
         for x, y in stream.batches[: len(stream.batches) // 2]:
             learner.partial_fit(x, y)
         seen = set(learner.classes_)

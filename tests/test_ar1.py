@@ -12,8 +12,9 @@ from edge_cl.device.classifier import new_learner
 from edge_cl.device.config import DeviceConfig
 from edge_cl.errors import CheckpointError, FrameError, LabelError, NotFittedError
 from edge_cl.imagenet import head_arrays
-from edge_cl.learner.ar1 import BASELINE_RATES, AR1Star, Cumulative, CWRStar, NaiveFineTune
+from edge_cl.learner.ar1 import BASELINE_SETTINGS, AR1Star, Cumulative, CWRStar, NaiveFineTune
 from edge_cl.learner.checkpoint import load_state, save_state
+from edge_cl.learner.gaussian import ClassGaussians
 from edge_cl.learner.layers import BatchRenorm
 from edge_cl.manifest import Manifest
 from edge_cl.preprocess import read_image
@@ -103,13 +104,15 @@ def test_first_batch_ramps_batch_renorm_then_slows_its_statistics() -> None:
 def test_references_keep_their_rates_when_ar1_defaults_change() -> None:
     defaults = AR1Star().config
     assert (defaults.lr, defaults.latent_lr_scale, defaults.brn_momentum) == (0.005, 18.0, 1e-3)
+    assert defaults.gaussian_head and defaults.balanced_loss and defaults.replay_per_epoch == 512
+    pinned = {"lr": 0.03, "latent_lr_scale": 3.0, "brn_momentum": 5e-5}
+    plain = {"gaussian_head": False, "balanced_loss": False, "new_per_update": None}
     for kind in (Cumulative, CWRStar, NaiveFineTune):
         config = kind().config
-        rates = {name: getattr(config, name) for name in BASELINE_RATES}
-        assert rates == {"lr": 0.03, "latent_lr_scale": 3.0, "brn_momentum": 5e-5}, kind
-    assert study.ALL_POSITIONS_RECIPE.items() >= BASELINE_RATES.items()
-    reference = {k: study.REFERENCE_RECIPE[k] for k in BASELINE_RATES}
-    assert reference == {"lr": 0.03, "latent_lr_scale": 1.0, "brn_momentum": 5e-5}
+        assert {name: getattr(config, name) for name in BASELINE_SETTINGS} == pinned | plain
+    assert study.ALL_POSITIONS_RECIPE.items() >= BASELINE_SETTINGS.items()
+    reference = {k: study.REFERENCE_RECIPE[k] for k in BASELINE_SETTINGS}
+    assert reference == pinned | plain | {"latent_lr_scale": 1.0}
 
 
 def test_latent_layers_train_in_the_first_latent_epochs_only() -> None:
@@ -123,15 +126,17 @@ def test_latent_layers_train_in_the_first_latent_epochs_only() -> None:
     assert not np.array_equal(one.cw, four.cw)  # ... and trained the output layer
     out = 2 * 2 * 60 * 1280 * 3  # output-only: forward and weight gradient, no input gradient
     assert four.last_update_flops == one.last_update_flops + 3 * out
-    assert joint.last_update_flops == 4 * one.last_update_flops
+    gauss = ClassGaussians.update_flops(60, 320)  # once per batch, whatever the epochs
+    assert joint.last_update_flops - gauss == 4 * (one.last_update_flops - gauss)
 
 
 def test_latent_positions_train_and_store_a_random_subset_of_each_latent() -> None:
     rng = np.random.default_rng(0)
     x, y = blobs(rng, [0, 1], 16, (4, 4, 320))
     x[..., 0] = np.arange(32 * 16).reshape(32, 4, 4)  # channel 0 names (pattern, position)
-    full = AR1Star(depth="latent", epochs=1, latent_positions=None, replay_codec="float32")
-    half = AR1Star(depth="latent", epochs=1, latent_positions=8, replay_codec="float32")
+    options = {"depth": "latent", "epochs": 1, "replay_codec": "float32", "gaussian_head": False}
+    full = AR1Star(latent_positions=None, **options)
+    half = AR1Star(latent_positions=8, **options)
     full.partial_fit(x, y)
     half.partial_fit(x, y)
     assert full.memory is not None and half.memory is not None
@@ -319,7 +324,9 @@ def test_synaptic_intelligence_anchors_the_important_weights() -> None:
 
 def test_unknown_threshold_flags_low_confidence() -> None:
     rng = np.random.default_rng(0)
-    learner = AR1Star(depth="pool", epochs=3, minibatch=128, lr_first=0.01, replay_mb=0)
+    learner = AR1Star(
+        depth="pool", epochs=3, minibatch=128, lr_first=0.01, replay_mb=0, gaussian_head=False
+    )
     learner.partial_fit(*blobs(rng, [0, 1, 2], 30))
     known, _ = blobs(rng, [0, 1, 2], 20)
     threshold = learner.calibrate_unknown(known, accept=0.9)
@@ -381,7 +388,7 @@ def test_real_int8_latents_are_replayed_exactly_on_the_extractor_grid(
     assert grid is not None
     config = DeviceConfig(state_dir=tmp_path, runtime="litert", precision="int8")
     assert new_learner(config, artifact.sha256, manifest).config.replay_grid is None  # default
-    config = replace(config, replay_grid=True)
+    config = replace(config, learner_options={"replay_grid": True})
     learner = new_learner(config, artifact.sha256, manifest)  # the device passes the grid
     assert learner.config.replay_grid == grid
     first = [i for i, label in enumerate(y) if label in ("obj3", "obj17")]
@@ -402,3 +409,100 @@ def test_real_int8_latents_are_replayed_exactly_on_the_extractor_grid(
     assert new_learner(config, fp32, manifest).config.replay_grid is None  # ranges per pattern
     with pytest.raises(ValueError, match="codec 'uint4' cannot use one"):
         AR1Star(replay_codec="uint4", replay_grid=grid)
+
+
+def test_the_gaussian_head_adds_its_lda_scores_to_cwr_logits() -> None:
+    rng = np.random.default_rng(0)
+    shape = (2, 2, 320)
+    learner = AR1Star(depth="latent", epochs=1, replay_mb=1)
+    plain = AR1Star(depth="latent", epochs=1, replay_mb=1, gaussian_head=False)
+    batches = [blobs(rng, [0, 1], 12, shape), blobs(rng, [2], 12, shape), blobs(rng, [0], 6, shape)]
+    for x, y in batches:
+        learner.partial_fit(x, y)
+        plain.partial_fit(x, y)
+    g = learner.gaussians
+    assert g is not None and plain.gaussians is None
+    x = np.concatenate([b[0] for b in batches])
+    means = x.mean(axis=(1, 2))  # the Gaussian head sees each latent's spatial mean
+    labels = np.concatenate([learner.labels.transform(b[1]) for b in batches])
+    for c in range(3):
+        np.testing.assert_allclose(g.means[c], means[labels == c].mean(0), rtol=1e-5, atol=1e-5)
+    assert g.counts.tolist() == [18, 12, 12] and g.patterns == 42
+    probe, _ = blobs(rng, [0, 1, 2], 3, shape)
+    live = learner.labels.transform(learner.classes_)
+    cwr = learner._features(probe.copy(), train=False) @ learner.cw[:, live]
+    expected = cwr + g.scores(probe.mean(axis=(1, 2)), live)
+    np.testing.assert_allclose(learner.decision_function(probe), expected, rtol=1e-5, atol=1e-4)
+    assert learner.last_update_flops > plain.last_update_flops  # its statistics are counted
+    learner.forget("c1")
+    assert g.counts[1] == 0 and learner.decision_function(probe).shape == (9, 2)
+
+
+def test_the_gaussian_head_round_trips_and_older_checkpoints_load_without_it(
+    tmp_path: Path,
+) -> None:
+    learner = train_stream(AR1Star(depth="latent", epochs=1, replay_mb=1), 3)
+    path = tmp_path / "state.ckpt"
+    learner.save(path)
+    loaded = AR1Star.load(path)
+    probe, _ = blobs(np.random.default_rng(9), [0, 1, 2, 3, 4], 4, (2, 2, 320))
+    assert np.array_equal(learner.predict_proba(probe), loaded.predict_proba(probe))
+    meta, arrays = load_state(path)
+    cut = {k: v for k, v in arrays.items() if k != "gauss.scatter"}
+    save_state(tmp_path / "cut.ckpt", meta, cut)
+    with pytest.raises(CheckpointError, match="usable"):
+        AR1Star.load(tmp_path / "cut.ckpt")  # the head's statistics are part of the state
+    for key in ("gaussian_head", "balanced_loss"):
+        del meta["config"][key]
+    save_state(tmp_path / "old.ckpt", meta, {k: v for k, v in arrays.items() if "gauss" not in k})
+    old = AR1Star.load(tmp_path / "old.ckpt")  # before the Gaussian head: CWR* alone decides
+    assert old.gaussians is None and not old.config.balanced_loss
+
+
+def test_balanced_loss_gives_every_class_of_a_batch_the_same_weight() -> None:
+    cur = np.array([30, 0, 5, 5])
+    w = AR1Star._class_weights(cur)
+    assert w[1] == 0.0
+    np.testing.assert_allclose(w[[0, 2, 3]] * cur[[0, 2, 3]], [40 / 3] * 3, rtol=1e-6)
+    np.testing.assert_allclose((w * cur).sum(), cur.sum(), rtol=1e-6)  # mean weight 1
+    rng = np.random.default_rng(0)
+    x, y = blobs(rng, [0, 1], 16)
+    steps = {}
+    for balanced in (False, True):
+        learner = AR1Star(depth="pool", epochs=1, minibatch=64, balanced_loss=balanced)
+        learner.partial_fit(x[:20], y[:20])  # 16 of c0, 4 of c1: the weights differ from 1
+        steps[balanced] = learner.cw.copy()
+    assert not np.allclose(steps[False], steps[True])
+
+
+def test_one_default_learner_for_the_readme_the_device_and_the_study(tmp_path: Path) -> None:
+    manifest = Manifest.load()
+    sha = manifest.find(cut="latent", format="tflite", precision="int8").sha256
+    head = head_arrays(manifest.head())
+    device = new_learner(DeviceConfig(state_dir=tmp_path, runtime="litert"), sha, manifest)
+    study_learner = study.strategies()["ar1-latent"].make(head, 0)
+    readme = AR1Star(head, sha)
+    assert isinstance(study_learner, AR1Star) and isinstance(device, AR1Star)
+    for learner in (device, study_learner):
+        assert replace(learner.config, seed=0) == readme.config
+    with pytest.raises(ValueError, match="replay_per_epoch"):
+        AR1Star(head, sha, replay_per_epoch=-1)  # refused when built, not mid-update
+
+
+def test_a_large_batch_trains_on_a_bounded_sample_and_the_gaussians_see_it_all() -> None:
+    rng = np.random.default_rng(0)
+    x, y = blobs(rng, [0, 1], 30, (2, 2, 320))
+    capped = AR1Star(depth="latent", epochs=1, replay_mb=1, new_per_update=16).partial_fit(x, y)
+    some = list(range(8)) + list(range(30, 38))  # 16 patterns of both classes: as many slots
+    small = AR1Star(depth="latent", epochs=1, replay_mb=1).partial_fit(
+        x[some], [y[i] for i in some]
+    )
+    gauss = ClassGaussians.update_flops
+    assert capped.last_update_flops - gauss(60, 320) == small.last_update_flops - gauss(16, 320)
+    assert capped.gaussians is not None and capped.gaussians.counts.tolist() == [30, 30]
+    assert capped.past.sum() == 16  # CWR* trained on the sample
+    assert capped.memory is not None and len(capped.memory) == 60  # every pattern may be kept
+    uncapped = AR1Star(depth="latent", epochs=1, replay_mb=1, new_per_update=None)
+    assert uncapped.partial_fit(x, y).past.sum() == 60
+    with pytest.raises(ValueError, match="new_per_update"):
+        AR1Star(new_per_update=0)

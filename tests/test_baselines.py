@@ -306,10 +306,10 @@ def test_nbytes_counts_the_model_arrays(cls: type[NearestClassMean | StreamingLD
 
 # ----------------------------------------------------------------------------- bad input
 BAD_BATCHES = [
-    (np.zeros(6), ["a"], "shape \\(n, d\\)"),
-    (np.zeros((2, 6, 1)), ["a", "a"], "shape \\(n, d\\)"),
-    (np.zeros((2, 2, 2, 6)), ["a", "a"], "pool"),
-    (np.zeros((2, 5)), ["a", "a"], "fitted on 6"),
+    (np.zeros(6), ["a"], "shape \\(N, 6\\), got \\(6,\\)"),
+    (np.zeros((2, 6, 1)), ["a", "a"], "shape \\(N, 6\\)"),
+    (np.zeros((2, 2, 2, 6)), ["a", "a"], "pooled first"),
+    (np.zeros((2, 5)), ["a", "a"], "got \\(2, 5\\).*same extractor cut"),
     (np.array([[np.nan] * 6]), ["a"], "NaN"),
     (np.array([[np.inf] * 6]), ["a"], "infinite"),
     (np.zeros((0, 6)), [], "empty batch"),

@@ -183,7 +183,7 @@ def test_classification_slows_to_learning_fps_while_the_learner_trains(tmp_path:
         state_dir=tmp_path / "state",
         control_socket=tmp_path / "c.sock",
         learning_fps=4,
-        epochs=40000,
+        learner_options={"epochs": 40000},
     )
     scene = SyntheticScene(size=(160, 120))  # unpaced: as fast as the loop takes frames
     seen: list[tuple[float, bool]] = []

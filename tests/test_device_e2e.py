@@ -18,10 +18,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.control import ControlError, send_command
 from edge_cl.device.loop import DeviceLoop
 from edge_cl.learner.ar1 import AR1Star
+from edge_cl.learner.registry import learner_name, load_learner
 from firmware_bridge.emulator import Emulator, FdPort
 from firmware_bridge.protocol import (
     Ack,
@@ -351,16 +354,14 @@ def test_mcu_requests_are_acked_or_nacked_over_a_pty(tmp_path: Path) -> None:
     assert AR1Star.load(config.checkpoint).classes_ == []
 
 
-def test_sigterm_finishes_learning_and_saves(tmp_path: Path) -> None:
+@pytest.mark.parametrize("learner", ["ar1", "slda"])
+def test_sigterm_finishes_learning_and_saves(learner: str, tmp_path: Path) -> None:
     sock = tmp_path / "c.sock"
+    common = ["--source", "synthetic", "--state-dir", str(tmp_path / "state")]
+    common += ["--set", f"control_socket={sock}", "--set", f"learner={learner}"]
     proc = edge_cl(
         "run",
-        "--source",
-        "synthetic",
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--set",
-        f"control_socket={sock}",
+        *common,
         "--set",
         "fps=30",
         stdout=subprocess.PIPE,
@@ -378,8 +379,21 @@ def test_sigterm_finishes_learning_and_saves(tmp_path: Path) -> None:
     assert proc.returncode == 0
     summary = json.loads(out)
     assert summary["stopped_by"] == "SIGTERM" and summary["classes"] == ["wall"]
-    assert AR1Star.load(tmp_path / "state" / "learner.ckpt").classes_ == ["wall"]
+    assert summary["learner"] == learner
+    saved = load_learner(tmp_path / "state" / "learner.ckpt")
+    assert saved.classes_ == ["wall"] and learner_name(saved) == learner
     assert not sock.exists()
+    again = subprocess.run(
+        [sys.executable, "-m", "edge_cl.cli", "run", *common, "--max-frames", "3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    resumed = json.loads(again.stdout)
+    assert resumed["resumed"].startswith(f"resumed {tmp_path / 'state' / 'learner.ckpt'}: ")
+    assert f": {learner} at depth " in resumed["resumed"] and resumed["classes"] == ["wall"]
 
 
 def test_corrupt_checkpoint_is_moved_aside_and_the_loop_starts(tmp_path: Path) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_cl.cli import main
-from edge_cl.perf import PerfError, PerfSettings, Target, bench_loop, targets
+from edge_cl.device.classifier import resume_learner
+from edge_cl.device.config import load_config
+from edge_cl.learner.registry import learner_name
+from edge_cl.manifest import Manifest
+from edge_cl.perf import PerfError, PerfSettings, Target, bench_loop, seed_checkpoint, targets
 
 TINY = [
     "bench-perf",
@@ -161,3 +166,21 @@ def test_loop_section_says_why_it_did_not_run(monkeypatch: pytest.MonkeyPatch) -
     assert loop["skipped"].startswith("edge_cl.device is not usable yet")
     by_text = {t.text: t for t in targets({"loop": loop})}
     assert by_text["device loop peak RSS"].status(False) == "not measured"
+
+
+@pytest.mark.parametrize(("learner", "fill"), [("slda", 0), ("ar1", 40)])
+def test_the_loop_checkpoint_is_seeded_for_the_configured_learner(
+    learner: str, fill: int, tmp_path: Path, manifest: Manifest
+) -> None:
+    overrides = {"state_dir": str(tmp_path), "learner": learner, "cut": "pool", "runtime": "onnx"}
+    config = load_config(
+        None, {**overrides, "learner.epochs": "3"} if learner == "ar1" else overrides
+    )
+    assert seed_checkpoint(config, 40) == fill
+    sha = manifest.find("pool", "onnx", "int8").sha256
+    resumed, what = resume_learner(config, sha, manifest)
+    assert learner_name(resumed) == learner and what.startswith("resumed")
+    assert len(resumed.classes_) == 10
+    if learner == "ar1":  # seeded in one epoch, resumed with the configured ones
+        assert resumed.config.epochs == 3  # type: ignore[attr-defined]
+        assert resumed.config.replay_per_epoch == 512  # type: ignore[attr-defined]

@@ -23,12 +23,14 @@ from edge_cl.bench.render import (
     texture,
 )
 from edge_cl.bench.scenarios import (
+    SUITES,
     available,
     build,
     coil100_clutter,
     coil100_sessions,
     coil_views,
     generate,
+    image_folder,
     render_jobs,
     stream_order,
 )
@@ -181,6 +183,45 @@ def test_cifar_nic_counts(datasets: Path) -> None:
     assert len(train) == len(set(train)) == 15000 and not set(train) & set(s.test[0])
     d = s.describe()
     assert (d["classes"], d["first_batch_classes"], d["test_images"]) == (10, 2, 3000)
+
+
+def test_tinyimagenet_class_incremental_and_small_batch_counts(datasets: Path) -> None:
+    nc = build("tinyimagenet-nc", datasets, seed=0)
+    assert [len(p) for p, _ in nc.train_batches] == [2000] * 10
+    assert [len(o) for o in batch_objects(nc)] == [10] * 10
+    assert set().union(*batch_objects(nc)) == set(range(100))
+    assert len(nc.test[0]) == 5000 and sorted(set(Counter(nc.test[1]).values())) == [50]
+    nic = build("tinyimagenet-nic", datasets, seed=0)
+    assert len(set(nic.train_batches[0][1])) == 10 and len(nic.train_batches[0][0]) == 400
+    assert all(len(p) == 40 and len(set(lab)) == 1 for p, lab in nic.train_batches[1:])
+    assert sorted(all_train(nic)) == sorted(all_train(nc))  # the same images, another order
+    assert nic.test == nc.test
+    assert build("tinyimagenet-nc", datasets, seed=1).train_batches != nc.train_batches
+
+
+@pytest.mark.parametrize("family", ["coil100-sessions", "coil100-clutter"])
+def test_rendered_coil_class_incremental_and_new_instance_orders(
+    datasets: Path, family: str
+) -> None:
+    nic = build(family, datasets, seed=0, render=False)
+    nc = build(f"{family}-nc", datasets, seed=0, render=False)
+    ni = build(f"{family}-ni", datasets, seed=0, render=False)
+    assert sorted(all_train(nc)) == sorted(all_train(ni)) == sorted(all_train(nic))
+    assert nc.test == ni.test == nic.test
+    objects = batch_objects(nc)
+    assert [len(o) for o in objects] == [10] * 9 + [9]  # 99 objects, 10 new ones a batch
+    assert all(not (a & b) for i, a in enumerate(objects) for b in objects[i + 1 :])
+    sessions = [{p.split("/")[0] for p in paths} for paths, _ in ni.train_batches]
+    assert sorted(len(s) for s in sessions) == [1, 1, 1, 1] and len(ni.train_batches) == 4
+    assert image_folder(f"{family}-nc") == image_folder(f"{family}-ni") == family
+
+
+def test_dev_and_holdout_suites_are_disjoint_and_cover_every_shape() -> None:
+    dev, holdout = set(SUITES["dev"]), set(SUITES["holdout"])
+    assert not dev & holdout and (dev | holdout) <= set(available())
+    for suite in (dev, holdout):
+        assert any(n.endswith("-nc") for n in suite) and any(n.endswith("-ni") for n in suite)
+        assert any(not n.endswith(("-nc", "-ni")) for n in suite)  # small-batch NIC
 
 
 def test_generate_writes_filelists_that_load_back(datasets: Path, tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +18,10 @@ from edge_cl.bench.study import (
     Progress,
     Stream,
     evaluation_points,
+    markdown_report,
     markdown_table,
     quick_check,
+    suite_table,
     summarise,
 )
 from edge_cl.cli import main
@@ -123,13 +127,28 @@ def test_evaluation_points_and_summary() -> None:
     assert summary["cumulative-pool"]["gap_mean"] == 0.0
     table = markdown_table(summary)
     assert (
-        "| a | 2 | 60.0 +- 10.0 | -20.0 +- 10.0 | 40.0 | 70.0 / 77.8 | 50.0 / 66.7 | 3 |" in table
+        "| a | 2 | 60.0 (10.0) | -20.0 (10.0) |  | 40.0 | 70.0 / 77.8 | 50.0 / 66.7 | 3 |" in table
     )
-    result = {"summary": {"toy": summary}, "runs": [dict(r, scenario="toy") for r in runs]}
-    assert quick_check(result, max_gap=0.25) == []
-    assert quick_check(result, max_gap=0.05) == []  # "a" is not an AR1* strategy
-    result["summary"]["toy"]["ar1-pool"] = s
-    assert "ar1-pool ends 20.0 points behind" in quick_check(result, max_gap=0.05)[0]
+
+
+def test_quick_check_gates_the_default_on_cumulative_and_streaming_lda() -> None:
+    def summary(ar1: float, cumulative: float, lda: float) -> dict[str, Any]:
+        return {
+            "ar1-latent": {"final_accuracy_mean": ar1, "gap_mean": ar1 - cumulative},
+            "cumulative-latent": {"final_accuracy_mean": cumulative, "gap_mean": 0.0},
+            "slda": {"final_accuracy_mean": lda},
+        }
+
+    assert quick_check({"summary": {"s": summary(0.80, 0.82, 0.805)}}) == []
+    failures = quick_check({"summary": {"s": summary(0.80, 0.84, 0.82)}})
+    assert failures == [
+        "s: ar1-latent ends 4.0 points behind cumulative (allowed 3)",
+        "s: ar1-latent ends 2.0 points behind slda (allowed 1)",
+    ]
+    missing = {"s": {"ar1-latent": {"final_accuracy_mean": 0.8}}}
+    assert quick_check({"summary": missing}) == [
+        "s: no ar1-latent run with a cumulative run to compare with"
+    ]
 
 
 def test_plots_are_written(tmp_path: Path) -> None:
@@ -212,3 +231,54 @@ def test_tune_diagnose_measures_batch_renorm_staleness_without_changing_the_lear
     assert after["cw, fresh stats"] == before["cw, fresh stats"]  # the population's, both times
     for k, v in norm.buffers.items():
         np.testing.assert_array_equal(v, stale[k])  # the learner's own statistics are restored
+
+
+def test_suite_table_has_one_row_per_scenario_for_the_default() -> None:
+    row = {
+        "final_accuracy_mean": 0.8,
+        "final_accuracy_sem": 0.01,
+        "gap_mean": -0.02,
+        "gap_sem": 0.005,
+        "lda_gap_mean": 0.03,
+        "lda_gap_sem": 0.004,
+        "compute_saving_life": 0.97,
+        "update_seconds_mean": 0.05,
+        "final_memory_mb_mean": 11.0,
+    }
+    result = {
+        "summary": {
+            "a": {"ar1-latent": row, "cumulative-latent": {"final_accuracy_mean": 0.82}},
+            "b": {"slda": {"final_accuracy_mean": 0.7}},
+        }
+    }
+    table = suite_table(result).splitlines()
+    assert len(table) == 3  # header, rule, scenario "a" ("b" has no ar1-latent run)
+    expected = "| a | 80.0 (1.0) | 82.0 | -2.0 (0.5) |  | +3.0 (0.4) | 97.0 | 0.050 | 11.0 |"
+    assert table[2] == expected
+    assert suite_table({"summary": {"b": result["summary"]["b"]}}) == ""
+
+
+def test_report_embeds_each_scenarios_own_plots_only() -> None:
+    """A scenario whose name is the start of another's (clutter, clutter-nc) shows its plots
+    alone, not its sibling's too."""
+    runs = [
+        {"strategy": "ncm", "features": "pool", "seed": 0, "final_accuracy": 0.8,
+         "accuracy": {0: 0.8}, "flops": [0], "seconds": [0.1], "memory_bytes": [2**20],
+         "images_seen": [10]}
+    ]  # fmt: skip
+    result = {
+        "environment": {"cpu": "x", "cores": 2, "platform": "p", "python": "3", "versions": {}},
+        "settings": {"runs": 1},
+        "scenarios": {},
+        "summary": {name: summarise(runs, image_bytes=1) for name in ("clutter", "clutter-nc")},
+    }
+    plots = [f"{s}_{kind}.png" for s in ("clutter", "clutter-nc") for kind in ("accuracy", "cost")]
+    report = markdown_report(result, plots)
+    embedded = {}
+    for section in report.split("\n## ")[1:]:
+        heading, body = section.split("\n", 1)
+        embedded[heading] = re.findall(r"!\[[^]]*\]\(([^)]+)\)", body)
+    assert embedded == {
+        "clutter": ["clutter_accuracy.png", "clutter_cost.png"],
+        "clutter-nc": ["clutter-nc_accuracy.png", "clutter-nc_cost.png"],
+    }

@@ -7,26 +7,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_cl.device.classifier import Classifier, Verdict
+from edge_cl.device.classifier import Classifier, Verdict, new_learner, resume_learner
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.worker import LearnerWorker
 from edge_cl.learner.ar1 import AR1Star
+from edge_cl.learner.registry import learner_depth, learner_name, load_learner
+from edge_cl.manifest import Manifest
 from edge_cl.preprocess import read_image
 
 OBJECTS = ("obj3", "obj11", "obj25", "obj40")
 
 
-@pytest.fixture(scope="module")
-def latents(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    """Latents of 36 real COIL-100 views of each object (every 10 degrees)."""
-    config = DeviceConfig(state_dir=tmp_path_factory.mktemp("unused"))
-    classifier = Classifier.open(config)
+def features(classifier: Classifier, datasets: Path) -> dict[str, np.ndarray]:
+    """What ``classifier``'s extractor makes of 36 real COIL-100 views of each object (every
+    10 degrees)."""
     images = datasets / "coil100" / "images"
     out = {}
     for obj in OBJECTS:
         files = sorted(images.glob(f"{obj}__*.png"), key=lambda p: int(p.stem.split("__")[1]))
         out[obj] = classifier.latents([read_image(f) for f in files[::2]])
     return out
+
+
+@pytest.fixture(scope="module")
+def latents(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """Latents of the views (the default learner, ar1, eats the latent cut)."""
+    config = DeviceConfig(state_dir=tmp_path_factory.mktemp("unused"))
+    return features(Classifier.open(config), datasets)
+
+
+@pytest.fixture(scope="module")
+def pooled(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """Pooled features of the views (the pool cut that ncm, slda, sgd and knn eat)."""
+    config = DeviceConfig(state_dir=tmp_path_factory.mktemp("unused"), learner="ncm")
+    return features(Classifier.open(config), datasets)
 
 
 @pytest.fixture
@@ -132,3 +146,82 @@ def test_checkpoint_write_failure_is_reported(
     assert not result.ok and "cannot write the checkpoint" in (result.error or "")
     assert result.failed_at == "checkpoint"
     assert classifier.learner.classes_ == ["obj3"]  # learned, kept in use, save to retry
+
+
+@pytest.mark.parametrize("name", ["slda", "ncm"])
+def test_a_pooled_learner_is_taught_checkpointed_and_resumed(
+    name: str, pooled: dict[str, np.ndarray], latents: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    config = DeviceConfig(
+        state_dir=tmp_path, learner=name, learner_options={"unknown_threshold": 0.2}
+    )
+    classifier = Classifier.open(config)
+    assert classifier.extractor.artifact.cut == "pool" and config.cut == "pool"
+    assert learner_name(classifier.learner) == name and classifier.resumed.startswith("no")
+    with LearnerWorker(classifier, config.checkpoint, unknown_accept=0.9) as worker:
+        for obj in OBJECTS[:3]:
+            result = worker.learn(obj, pooled[obj][:30]).result(60)
+            assert result.ok and result.checkpoint_bytes == config.checkpoint.stat().st_size
+        wrong = worker.learn("obj40", latents["obj40"][:30]).result(60)
+        forgot = worker.forget("obj11").result(60)
+    assert not wrong.ok and "pooled first" in (wrong.error or "")
+    assert wrong.failed_at == "update" and forgot.classes == ("obj3", "obj25")
+    model = classifier.learner
+    assert model.classes_ == ["obj3", "obj25"]
+    assert model.unknown_threshold == 0.2  # type: ignore[attr-defined]  # no replay: kept
+    probe = np.concatenate([pooled[o][30:] for o in ("obj3", "obj25", "obj11")])
+    verdicts = classifier.predict(probe)
+    assert [v.label for v in verdicts[:12]] == ["obj3"] * 6 + ["obj25"] * 6  # held-out views
+    assert {v.label for v in verdicts[12:]} <= {"obj3", "obj25"}  # forgotten: never said
+
+    resumed = Classifier.open(config)
+    assert resumed.resumed.startswith(f"resumed {config.checkpoint}: {name} at depth pool, 2 ")
+    assert type(resumed.learner) is type(model) and resumed.extractor.artifact.cut == "pool"
+    assert resumed.predict(probe) == verdicts
+    assert np.array_equal(resumed.learner.predict_proba(probe), model.predict_proba(probe))
+    with LearnerWorker(resumed, config.checkpoint) as worker:
+        assert worker.learn("obj40", pooled["obj40"][:30]).result(60).ok
+    assert load_learner(config.checkpoint).classes_ == ["obj3", "obj25", "obj40"]
+
+
+def test_a_checkpoint_of_another_learner_is_kept_and_its_cut_followed(
+    pooled: dict[str, np.ndarray], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slda = DeviceConfig(state_dir=tmp_path, learner="slda")
+    taught = Classifier.open(slda)
+    with LearnerWorker(taught, slda.checkpoint) as worker:
+        assert worker.learn("obj3", pooled["obj3"][:30]).result(60).ok
+        assert worker.learn("obj11", pooled["obj11"][:30]).result(60).ok
+    saved = slda.checkpoint.read_bytes()
+    probe = np.concatenate([pooled[o][30:] for o in ("obj3", "obj11")])
+    default = DeviceConfig(state_dir=tmp_path)  # ar1 on the latent cut
+    classifier = Classifier.open(default)
+    assert learner_name(classifier.learner) == "slda" and classifier.learner.classes_ == [
+        "obj3",
+        "obj11",
+    ]
+    assert classifier.extractor.artifact.cut == "pool"  # what the checkpoint's learner eats
+    assert classifier.resumed.startswith("resumed") and slda.checkpoint.read_bytes() == saved
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "holds a 'slda' learner at depth 'pool'" in warning and "'ar1' at 'latent'" in warning
+    assert "To switch, move" in warning
+    latents = classifier.latents([np.zeros((96, 96, 3), np.uint8)])
+    assert latents.shape == (1, 1280)
+    assert [v.label for v in classifier.predict(probe)] == ["obj3"] * 6 + ["obj11"] * 6
+
+
+def test_an_ar1_checkpoint_under_a_pooled_learner_keeps_the_latent_cut(
+    latents: dict[str, np.ndarray], manifest: Manifest, tmp_path: Path
+) -> None:
+    ar1 = DeviceConfig(state_dir=tmp_path, runtime="onnx")
+    sha = manifest.find("latent", "onnx", "int8").sha256
+    learner = new_learner(ar1, sha, manifest)
+    learner.partial_fit(latents["obj3"][:30], ["obj3"] * 30)
+    learner.save(ar1.checkpoint)
+    ncm = DeviceConfig(state_dir=tmp_path, runtime="onnx", learner="ncm")
+    pool_sha = manifest.find("pool", "onnx", "int8").sha256
+    resumed, what = resume_learner(ncm, pool_sha, manifest)
+    assert learner_name(resumed) == "ar1" and learner_depth(resumed) == "latent"
+    assert what.startswith(f"resumed {ar1.checkpoint}: ar1 at depth latent, 1 classes")
+    assert resumed.predict(latents["obj3"][30:]) == ["obj3"] * 6
+    assert ncm.checkpoint.exists()  # never moved aside

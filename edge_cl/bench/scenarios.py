@@ -1,4 +1,4 @@
-"""CORe50-like continual-learning streams on real images (COIL-100, CIFAR-10).
+"""CORe50-like continual-learning streams on real images (COIL-100, CIFAR-10, tiny-imagenet).
 
 Every generator returns a :class:`~edge_cl.bench.filelists.Scenario`; :func:`generate` also writes
 it as CORe50-format filelists. Labels are dense ints (``meta["classes"]`` names them).
@@ -16,6 +16,12 @@ edge_cl.bench.scenarios``). Within a batch, views keep their angle order (video 
 (5 batches of 2 classes), ``cifar10-nic`` has small non-i.i.d. batches (batch 0: 2 classes x 150
 images, then one batch of 50 images of one class at a time). Test: all 3,000 test images.
 
+**tiny-imagenet32-100** (100 classes, 200 train and 50 test images each; ImageNet photographs,
+so the ImageNet-pretrained extractor has likely seen them: compare strategies, not absolute
+accuracy): ``tinyimagenet-nc`` is class-incremental (10 batches of 10 new classes, 2,000 images
+each), ``tinyimagenet-nic`` has small batches of 40 images of one class (10 classes open the
+stream, every class comes back 4 times). Test: all 5,000 test images.
+
 **Hard variants** (plain COIL saturates: cumulative and streaming LDA reach 100%), all with 4
 arcs per object like ``coil100-s4``:
 
@@ -27,6 +33,10 @@ arcs per object like ``coil100-s4``:
 - ``coil100-clutter``: objects cut out of their background, shrunk and moved, composited onto
   crops of real photographs (three per session, held-out ones for the test sessions) under
   per-session optics; 20% of the objects have a single training arc (one batch).
+- ``-nc`` and ``-ni`` variants of the last two reorder the same rendered images: 10 new objects
+  a batch, every session of each (class-incremental), or one whole session a batch (new
+  instances; in ``coil100-clutter-ni`` the 20% single-arc objects first appear with their
+  session).
 
 Rendered images go to ``image_root/sS/objN/objN__A.jpg`` (session ``S``). They depend on the
 scenario definition (``DEFINITION_SEED``), not on ``seed``: ``render.json`` records what was
@@ -46,8 +56,17 @@ generates one::
     coil100-arc           387  12 - 13.7 - 135                         10       99   5316  1782
     coil100-sessions      387  12 - 13.8 - 135                         10       99   5325  1773
     coil100-clutter       327  12 - 13.8 - 134                         10       99   4519  1773
+    coil100-sessions-nc    10  486 - 532.5 - 540                       10       99   5325  1773
+    coil100-sessions-ni     4  1287 - 1331.2 - 1374                    99       99   5325  1773
+    coil100-clutter-nc     10  378 - 451.9 - 499                       10       99   4519  1773
+    coil100-clutter-ni      4  1079 - 1129.8 - 1166                    86       99   4519  1773
     cifar10-nc              5  3000 - 3000 - 3000                       2       10  15000  3000
     cifar10-nic           295  50 - 50.9 - 300                          2       10  15000  3000
+    tinyimagenet-nc        10  2000 - 2000 - 2000                      10      100  20000  5000
+    tinyimagenet-nic      491  40 - 40.7 - 400                         10      100  20000  5000
+
+:data:`SUITES` splits them into the ``dev`` scenarios a default may be chosen on and the
+``holdout`` ones that only confirm it (``edge-cl bench --suite dev|holdout``).
 """
 
 from __future__ import annotations
@@ -79,6 +98,8 @@ NEW_CLASS_SPAN = 0.75
 DEFINITION_SEED = 0
 COIL_DIR = Path("coil100") / "images"
 CIFAR_DIR = Path("cifar10")
+TINY_DIR = Path("tiny-imagenet32-100")
+DATASET_NAMES = {CIFAR_DIR: "CIFAR-10", TINY_DIR: "tiny-imagenet32-100"}
 PHOTOS_DIR = Path("imagenet-samples") / "images"
 DEFAULT_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 RENDER_VERSION = 1
@@ -171,6 +192,45 @@ def nic_batches(
     return batches
 
 
+def nc_batches(units: Sequence[Unit], rng: np.random.Generator, per_batch: int) -> list[Split]:
+    """Class-incremental batches: classes in seeded order, ``per_batch`` new classes a batch, each
+    batch holding every unit of its classes (in unit order, as a camera would record them).
+
+    >>> units = [(c, [f"{c}_{a}.png"]) for c in range(5) for a in range(2)]
+    >>> [sorted(set(labels)) for _, labels in nc_batches(units, np.random.default_rng(0), 2)]
+    [[2, 4], [0, 3], [1]]
+    """
+    by_class: dict[Label, list[str]] = {}
+    for label, paths in units:
+        by_class.setdefault(label, []).extend(paths)
+    classes = list(by_class)
+    order = [classes[int(i)] for i in rng.permutation(len(classes))]
+    batches: list[Split] = []
+    for start in range(0, len(order), per_batch):
+        chosen = order[start : start + per_batch]
+        paths = [p for c in chosen for p in by_class[c]]
+        batches.append((paths, [c for c in chosen for _ in by_class[c]]))
+    return batches
+
+
+def ni_batches(
+    units: Sequence[Unit], sessions: Sequence[int], rng: np.random.Generator
+) -> list[Split]:
+    """New-instance batches: one batch per session (``sessions[i]`` is unit ``i``'s), sessions in
+    seeded order; a batch holds every unit shot in its session.
+
+    >>> units = [(c, [f"{c}_{s}.png"]) for c in range(3) for s in range(2)]
+    >>> batches = ni_batches(units, [0, 1] * 3, np.random.default_rng(0))
+    >>> [(len(paths), sorted(set(labels))) for paths, labels in batches]
+    [(3, [0, 1, 2]), (3, [0, 1, 2])]
+    """
+    batches: list[Split] = []
+    for session in [int(s) for s in rng.permutation(sorted(set(sessions)))]:
+        chosen = [u for u, s in zip(units, sessions, strict=True) if s == session]
+        batches.append(([p for _, ps in chosen for p in ps], [c for c, ps in chosen for _ in ps]))
+    return batches
+
+
 def coil_views(images_dir: str | os.PathLike[str]) -> dict[int, list[tuple[int, str]]]:
     """COIL-100 object number -> its views as (angle in degrees, file name), sorted by angle."""
     folder = Path(images_dir)
@@ -230,11 +290,13 @@ def coil100(
     )
 
 
-def cifar_files(datasets_dir: Path, split: str) -> dict[str, list[str]]:
-    """CIFAR-10 class name -> sorted image paths relative to ``cifar10/``, for ``split``."""
-    folder = Path(datasets_dir) / CIFAR_DIR / split
+def class_files(datasets_dir: Path, dataset: Path, split: str) -> dict[str, list[str]]:
+    """Class folder name -> sorted ``.jpg`` paths relative to ``dataset``, for ``split``
+    (``dataset/split/<class>/*.jpg``: the CIFAR-10 and tiny-imagenet32-100 layout)."""
+    folder = Path(datasets_dir) / dataset / split
     if not folder.is_dir():
-        raise DatasetError(f"CIFAR-10 {split} images not found at {folder}")
+        name = DATASET_NAMES.get(dataset, str(dataset))
+        raise DatasetError(f"{name} {split} images not found at {folder}")
     files = {
         c.name: sorted(f"{split}/{c.name}/{f}" for f in os.listdir(c) if f.endswith(".jpg"))
         for c in sorted(folder.iterdir())
@@ -246,12 +308,71 @@ def cifar_files(datasets_dir: Path, split: str) -> dict[str, list[str]]:
     return files
 
 
-def _cifar_test(datasets_dir: Path, classes: list[str]) -> Split:
-    files = cifar_files(datasets_dir, "test")
+def cifar_files(datasets_dir: Path, split: str) -> dict[str, list[str]]:
+    """CIFAR-10 class name -> sorted image paths relative to ``cifar10/``, for ``split``."""
+    return class_files(datasets_dir, CIFAR_DIR, split)
+
+
+def _class_test(datasets_dir: Path, dataset: Path, classes: list[str]) -> Split:
+    files = class_files(datasets_dir, dataset, "test")
     if sorted(files) != classes:
-        raise DatasetError(f"CIFAR-10 test classes {sorted(files)} differ from train {classes}")
+        raise DatasetError(f"{dataset} test classes {sorted(files)} differ from train {classes}")
     paths = [p for c in classes for p in files[c]]
     return paths, [label for label, c in enumerate(classes) for _ in files[c]]
+
+
+def class_incremental(
+    name: str, datasets_dir: Path, dataset: Path, seed: int, per_batch: int
+) -> Scenario:
+    """``per_batch`` new classes per batch, classes in seeded order, each batch shuffled; every
+    training image of a class is in its one batch. Test: every test image."""
+    files = class_files(datasets_dir, dataset, "train")
+    classes = list(files)
+    if not 1 <= per_batch <= len(classes):
+        raise DatasetError(f"{name}: cannot put {per_batch} of {len(classes)} classes in a batch")
+    rng = np.random.default_rng(seed)
+    order = [int(i) for i in rng.permutation(len(classes))]
+    batches: list[Split] = []
+    for start in range(0, len(order), per_batch):
+        pairs = [(p, c) for c in order[start : start + per_batch] for p in files[classes[c]]]
+        perm = rng.permutation(len(pairs))
+        batches.append(([pairs[i][0] for i in perm], [pairs[i][1] for i in perm]))
+    return Scenario(
+        name=name,
+        root=Path(datasets_dir) / dataset,
+        train_batches=batches,
+        test=_class_test(datasets_dir, dataset, classes),
+        meta={"seed": seed, "per_batch": per_batch, "classes": classes},
+    )
+
+
+def class_chunks(
+    name: str,
+    datasets_dir: Path,
+    dataset: Path,
+    seed: int,
+    chunk: int,
+    first_classes: int,
+    first_images: int,
+) -> Scenario:
+    """Small non-i.i.d. batches: each class's training images, shuffled, cut into chunks of
+    ``chunk``; batch 0 holds ``first_images // chunk`` chunks of ``first_classes`` classes, every
+    other chunk is its own batch, in :func:`stream_order` (classes arrive and come back)."""
+    files = class_files(datasets_dir, dataset, "train")
+    classes = list(files)
+    rng = np.random.default_rng(seed)
+    units: list[Unit] = []
+    for label, c in enumerate(classes):
+        shuffled = [files[c][i] for i in rng.permutation(len(files[c]))]
+        units += [(label, shuffled[i : i + chunk]) for i in range(0, len(shuffled), chunk)]
+    batches = nic_batches(units, rng, first_classes, first_units=max(1, first_images // chunk))
+    return Scenario(
+        name=name,
+        root=Path(datasets_dir) / dataset,
+        train_batches=batches,
+        test=_class_test(datasets_dir, dataset, classes),
+        meta={"seed": seed, "chunk": chunk, "classes": classes},
+    )
 
 
 def cifar10_nc(
@@ -263,22 +384,7 @@ def cifar10_nc(
     per_batch: int = 2,
 ) -> Scenario:
     """CIFAR-10 class-incremental: ``per_batch`` classes per batch in seeded order, shuffled."""
-    files = cifar_files(datasets_dir, "train")
-    classes = list(files)
-    rng = np.random.default_rng(seed)
-    order = [int(i) for i in rng.permutation(len(classes))]
-    batches: list[Split] = []
-    for start in range(0, len(order), per_batch):
-        pairs = [(p, c) for c in order[start : start + per_batch] for p in files[classes[c]]]
-        perm = rng.permutation(len(pairs))
-        batches.append(([pairs[i][0] for i in perm], [pairs[i][1] for i in perm]))
-    return Scenario(
-        name="cifar10-nc",
-        root=Path(datasets_dir) / CIFAR_DIR,
-        train_batches=batches,
-        test=_cifar_test(datasets_dir, classes),
-        meta={"seed": seed, "classes": classes},
-    )
+    return class_incremental("cifar10-nc", datasets_dir, CIFAR_DIR, seed, per_batch)
 
 
 def cifar10_nic(
@@ -292,20 +398,39 @@ def cifar10_nic(
     first_images: int = 150,
 ) -> Scenario:
     """CIFAR-10 in small non-i.i.d. batches of ``chunk`` images of one class."""
-    files = cifar_files(datasets_dir, "train")
-    classes = list(files)
-    rng = np.random.default_rng(seed)
-    units: list[Unit] = []
-    for label, c in enumerate(classes):
-        shuffled = [files[c][i] for i in rng.permutation(len(files[c]))]
-        units += [(label, shuffled[i : i + chunk]) for i in range(0, len(shuffled), chunk)]
-    batches = nic_batches(units, rng, first_classes, first_units=max(1, first_images // chunk))
-    return Scenario(
-        name="cifar10-nic",
-        root=Path(datasets_dir) / CIFAR_DIR,
-        train_batches=batches,
-        test=_cifar_test(datasets_dir, classes),
-        meta={"seed": seed, "chunk": chunk, "classes": classes},
+    return class_chunks(
+        "cifar10-nic", datasets_dir, CIFAR_DIR, seed, chunk, first_classes, first_images
+    )
+
+
+def tiny_nc(
+    datasets_dir: Path,
+    seed: int = 0,
+    image_root: Path | None = None,
+    render: bool = True,
+    *,
+    per_batch: int = 10,
+) -> Scenario:
+    """tiny-imagenet32-100 class-incremental: 10 batches of ``per_batch`` new classes (2,000
+    images each), seeded class order."""
+    return class_incremental("tinyimagenet-nc", datasets_dir, TINY_DIR, seed, per_batch)
+
+
+def tiny_nic(
+    datasets_dir: Path,
+    seed: int = 0,
+    image_root: Path | None = None,
+    render: bool = True,
+    *,
+    chunk: int = 40,
+    first_classes: int = 10,
+    first_images: int = 40,
+) -> Scenario:
+    """tiny-imagenet32-100 in small non-i.i.d. batches of ``chunk`` images of one class (5 per
+    class): 10 classes open the stream, the other 90 arrive over its first three quarters and
+    every class comes back."""
+    return class_chunks(
+        "tinyimagenet-nic", datasets_dir, TINY_DIR, seed, chunk, first_classes, first_images
     )
 
 
@@ -372,11 +497,16 @@ def _coil_rendered(
     single_arc_fraction: float,
     definition_seed: int,
     objects: int | None,
+    protocol: str = "nic",
 ) -> Scenario:
     """COIL-100 re-shot in sessions: arc ``s`` of every object in session ``s``, test views
     (angle index 2 mod 4) in ``test_sessions`` held-out sessions; a ``single_arc_fraction`` of
     the objects keeps only one training arc. ``objects`` keeps only the first objects (for
-    quick checks)."""
+    quick checks). ``protocol`` orders the same rendered images as a NICv2-like stream
+    (``nic``), class-incremental with 10 new objects a batch (``nc``, :func:`nc_batches`) or one
+    session a batch (``ni``, :func:`ni_batches`)."""
+    if protocol not in ("nic", "nc", "ni"):
+        raise DatasetError(f"protocol must be 'nic', 'nc' or 'ni', got {protocol!r}")
     source = Path(datasets_dir) / COIL_DIR
     views = coil_views(source)
     views = {o: views[o] for o in list(views)[:objects]}
@@ -384,6 +514,7 @@ def _coil_rendered(
     rare = {int(o) for o in rng.choice(list(views), round(single_arc_fraction * len(views)), False)}
     jobs: list[RenderJob] = []
     units: list[Unit] = []
+    unit_sessions: list[int] = []
     test: Split = ([], [])
 
     def job(obj: int, angle: int, file: str, session: int) -> str:
@@ -398,6 +529,7 @@ def _coil_rendered(
             sessions = [sessions[int(rng.integers(arcs))]]
         for s, arc in sessions:
             units.append((label, [job(obj, a, f, s) for a, f in arc]))
+            unit_sessions.append(s)
         held = [v for v in views[obj] if _is_coil_test(v[0])]
         test[0].extend(job(obj, a, f, arcs + i % test_sessions) for i, (a, f) in enumerate(held))
         test[1].extend([label] * len(held))
@@ -420,12 +552,19 @@ def _coil_rendered(
         }
         definition = {k: v for k, v in meta.items() if k != "seed"}
         meta["render_seconds"] = render_jobs(jobs, renderer, source, image_root, [name, definition])
+    order = np.random.default_rng(seed)
+    if protocol == "nc":
+        batches = nc_batches(units, order, FIRST_BATCH_CLASSES)
+    elif protocol == "ni":
+        batches = ni_batches(units, unit_sessions, order)
+    else:
+        batches = nic_batches(units, order)
     return Scenario(
-        name=name,
+        name=name if protocol == "nic" else f"{name}-{protocol}",
         root=Path(image_root or "images"),
-        train_batches=nic_batches(units, np.random.default_rng(seed)),
+        train_batches=batches,
         test=test,
-        meta=meta,
+        meta={**meta, "protocol": protocol},
     )
 
 
@@ -473,11 +612,13 @@ def coil100_sessions(
     strength: float = 1.5,
     definition_seed: int = DEFINITION_SEED,
     objects: int | None = None,
+    protocol: str = "nic",
 ) -> Scenario:
     """``coil100-s4`` where each session has its own background texture and optics (light
     level, tone curve, colour cast, blur, noise; :meth:`Conditions.random` at ``strength``) and
     the test views are shot in held-out sessions, as CORe50 tests on sessions it never trains
-    on."""
+    on. ``protocol`` ``nc`` and ``ni`` reorder the same images (``coil100-sessions-nc``: 10 new
+    objects a batch; ``-ni``: one session a batch)."""
     return _coil_rendered(
         "coil100-sessions",
         datasets_dir,
@@ -490,6 +631,7 @@ def coil100_sessions(
         0.0,
         definition_seed,
         objects,
+        protocol,
     )
 
 
@@ -504,10 +646,12 @@ def coil100_clutter(
     single_arc_fraction: float = 0.2,
     definition_seed: int = DEFINITION_SEED,
     objects: int | None = None,
+    protocol: str = "nic",
 ) -> Scenario:
     """COIL-100 objects cut out and composited, smaller and off-centre, onto crops of real
     photographs (three per session; held-out ones for the test sessions), under per-session
-    optics; 20% of the objects appear in a single training batch."""
+    optics; 20% of the objects appear in a single training session. ``protocol`` as in
+    :func:`coil100_sessions`."""
     return _coil_rendered(
         "coil100-clutter",
         datasets_dir,
@@ -520,6 +664,7 @@ def coil100_clutter(
         single_arc_fraction,
         definition_seed,
         objects,
+        protocol,
     )
 
 
@@ -570,7 +715,49 @@ SCENARIOS: dict[str, Builder] = {
     "coil100-arc": coil100_arc,
     "coil100-sessions": coil100_sessions,
     "coil100-clutter": coil100_clutter,
+    "coil100-sessions-nc": partial(coil100_sessions, protocol="nc"),
+    "coil100-sessions-ni": partial(coil100_sessions, protocol="ni"),
+    "coil100-clutter-nc": partial(coil100_clutter, protocol="nc"),
+    "coil100-clutter-ni": partial(coil100_clutter, protocol="ni"),
+    "tinyimagenet-nc": tiny_nc,
+    "tinyimagenet-nic": tiny_nic,
 }
+
+
+SUITES: dict[str, tuple[str, ...]] = {
+    "dev": (
+        "coil100-clutter",
+        "coil100-clutter-nc",
+        "coil100-clutter-ni",
+        "cifar10-nic",
+        "cifar10-nc",
+        "tinyimagenet-nc",
+    ),
+    "holdout": (
+        "coil100-sessions",
+        "coil100-sessions-nc",
+        "coil100-sessions-ni",
+        "tinyimagenet-nic",
+    ),
+}
+"""The tuning discipline (``edge-cl bench --suite dev|holdout``): a learner default may be chosen
+on ``dev`` and is only confirmed on ``holdout``, never chosen there. Both hold every stream shape
+(small non-i.i.d. batches, large class-incremental batches, new instances of known classes): dev
+on the cluttered COIL-100 renders, CIFAR-10 and tiny-imagenet's class-incremental stream;
+holdout on the COIL-100 renders with textured backgrounds and held-out sessions and
+tiny-imagenet's small-batch stream (which shares its test images with the dev stream
+``tinyimagenet-nc``: a dataset, not an image, is new to it)."""
+
+
+def image_folder(name: str) -> str:
+    """The folder (under a study's image cache) that scenario ``name`` renders into: variants of
+    one rendered scenario that only reorder its stream share their images.
+
+    >>> image_folder("coil100-sessions-nc"), image_folder("coil100-clutter")
+    ('coil100-sessions', 'coil100-clutter')
+    """
+    base = name.removesuffix("-nc").removesuffix("-ni")
+    return base if base in ("coil100-sessions", "coil100-clutter") else name
 
 
 def available() -> list[str]:

@@ -25,10 +25,9 @@ import numpy as np
 from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
 from edge_cl.bench.sklearn_baselines import KNNHead, SGDHead
-from edge_cl.device.config import DeviceConfig
 from edge_cl.imagenet import PretrainedHead
 from edge_cl.learner.ar1 import (
-    BASELINE_RATES,
+    BASELINE_SETTINGS,
     LATENT_CHANNELS,
     POOL_CHANNELS,
     AR1Config,
@@ -45,10 +44,6 @@ from edge_cl.perf import cpu_model
 STUDY_STORED_LATENT = AR1Config().stored_shape((4, 4, LATENT_CHANNELS))
 """A latent pattern as the default AR1* stores it: positions of the 4x4 latent of the study's
 128 px images (``AR1Config.latent_positions``)."""
-
-LATENT_REPLAY = DeviceConfig.replay_per_epoch
-"""Replayed patterns per batch of the study's AR1* at the latent depth: the device's default
-(``DeviceConfig.replay_per_epoch``)."""
 
 
 def float32_per_uint8(shape: tuple[int, ...]) -> float:
@@ -78,7 +73,9 @@ class Learner(Protocol):
 
 @dataclass(frozen=True)
 class Strategy:
-    """A named way to build a learner, and which features it eats (``latent`` or ``pool``)."""
+    """A named way to build a learner, and which features it eats: ``latent`` (N, h, w, 320),
+    ``pool`` (the pretrained head's pooled (N, 1280)) or ``latent-mean`` (the latent's spatial
+    mean, (N, 320), what AR1*'s Gaussian head sees)."""
 
     name: str
     features: str
@@ -86,7 +83,7 @@ class Strategy:
 
 
 REFERENCE_RECIPE: dict[str, Any] = {
-    **BASELINE_RATES,
+    **BASELINE_SETTINGS,
     "replay_per_epoch": 256,
     "latent_lr_scale": 1.0,
     "latent_epochs": None,
@@ -98,7 +95,7 @@ REFERENCE_RECIPE: dict[str, Any] = {
 latent layers on every position, minibatches of 128, uniform replay), 256 replayed per batch."""
 
 ALL_POSITIONS_RECIPE: dict[str, Any] = {
-    **BASELINE_RATES,
+    **BASELINE_SETTINGS,
     "replay_per_epoch": 256,
     "latent_positions": None,
     "minibatch": 32,
@@ -138,53 +135,28 @@ def strategies(
     ) -> Callable[[dict[str, np.ndarray], int], Learner]:
         return learner_maker(kind, depth=depth, epochs=epochs, **kw)
 
+    plain = {"gaussian_head": False, "balanced_loss": False, "new_per_update": None}
     table = [
-        Strategy("ar1-latent", "latent", ar1("latent", replay_per_epoch=LATENT_REPLAY)),
-        Strategy(
-            "ar1-latent-grid",
-            "latent",
-            ar1("latent", replay_per_epoch=LATENT_REPLAY, replay_grid=grid),
-        ),
+        Strategy("ar1-latent", "latent", ar1("latent")),
+        Strategy("ar1-latent-plain", "latent", ar1("latent", **plain)),
+        Strategy("ar1-latent-grid", "latent", ar1("latent", replay_grid=grid)),
         Strategy("ar1-latent-reference", "latent", ar1("latent", **REFERENCE_RECIPE)),
         Strategy("ar1-latent-allpositions", "latent", ar1("latent", **ALL_POSITIONS_RECIPE)),
-        Strategy(
-            "ar1-latent-joint",
-            "latent",
-            ar1("latent", replay_per_epoch=LATENT_REPLAY, latent_epochs=None),
-        ),
-        Strategy(
-            "ar1-latent-tuned",
-            "latent",
-            ar1(
-                "latent",
-                **{**REFERENCE_RECIPE, "brn_momentum": 1e-3, "replay_policy": "class_balanced"},
-            ),
-        ),
-        Strategy(
-            "ar1-latent-float32",
-            "latent",
-            ar1("latent", replay_per_epoch=LATENT_REPLAY, replay_codec="float32"),
-        ),
-        Strategy(
-            "ar1-latent-uint4",
-            "latent",
-            ar1("latent", replay_per_epoch=LATENT_REPLAY, replay_codec="uint4"),
-        ),
+        Strategy("ar1-latent-float32", "latent", ar1("latent", replay_codec="float32")),
+        Strategy("ar1-latent-uint4", "latent", ar1("latent", replay_codec="uint4")),
         Strategy(
             "ar1-latent-float32-samecount",
             "latent",
             ar1(
                 "latent",
-                replay_per_epoch=LATENT_REPLAY,
                 replay_codec="float32",
                 replay_mb=replay_mb * float32_per_uint8(STUDY_STORED_LATENT),
             ),
         ),
-        Strategy("ar1-latent-fullreplay", "latent", ar1("latent")),
-        Strategy("ar1-latent-noreplay", "latent", ar1("latent", replay_mb=0.0)),
-        Strategy("ar1-pool", "pool", ar1("pool")),
-        Strategy("ar1-pool-sampled", "pool", ar1("pool", replay_per_epoch=512)),
-        Strategy("ar1-pool-float32", "pool", ar1("pool", replay_codec="float32")),
+        Strategy("ar1-latent-fullreplay", "latent", ar1("latent", replay_per_epoch=None)),
+        Strategy("ar1-pool", "pool", ar1("pool", replay_per_epoch=None, **plain)),
+        Strategy("ar1-pool-sampled", "pool", ar1("pool", **plain)),
+        Strategy("ar1-pool-float32", "pool", ar1("pool", replay_codec="float32", **plain)),
         Strategy(
             "ar1-pool-float32-samecount",
             "pool",
@@ -192,6 +164,7 @@ def strategies(
                 "pool",
                 replay_codec="float32",
                 replay_mb=replay_mb * float32_per_uint8((POOL_CHANNELS,)),
+                **plain,
             ),
         ),
         Strategy("cwr", "pool", cls(CWRStar, "pool")),
@@ -200,6 +173,7 @@ def strategies(
         Strategy("cumulative-pool", "pool", cls(Cumulative, "pool")),
         Strategy("ncm", "pool", lambda head, seed: NearestClassMean()),
         Strategy("slda", "pool", lambda head, seed: StreamingLDA()),
+        Strategy("slda-latent", "latent-mean", lambda head, seed: StreamingLDA(shrinkage="oas")),
         Strategy("sgd", "pool", lambda head, seed: SGDHead(seed=seed)),
         Strategy("knn", "pool", lambda head, seed: KNNHead()),
     ]
@@ -213,6 +187,15 @@ class Stream:
     batches: list[tuple[np.ndarray, list[Label]]]
     test_x: np.ndarray
     test_y: list[Label]
+
+
+def latent_means(stream: Stream) -> Stream:
+    """The same stream with each latent replaced by its spatial mean (N, 320)."""
+    return Stream(
+        [(x.mean(axis=(1, 2)), y) for x, y in stream.batches],
+        stream.test_x.mean(axis=(1, 2)),
+        stream.test_y,
+    )
 
 
 def pooled(stream: Stream, head: PretrainedHead, chunk: int = 1024) -> Stream:
@@ -295,8 +278,23 @@ def evaluation_points(batches: int, count: int) -> set[int]:
 
 
 def reference_for(features: str) -> str:
-    """The cumulative strategy a strategy is measured against: same features, same depth."""
-    return f"cumulative-{features}"
+    """The cumulative strategy a strategy is measured against: same features, same depth (the
+    latent's spatial mean is measured against retraining at the latent depth).
+
+    >>> reference_for("pool"), reference_for("latent-mean")
+    ('cumulative-pool', 'cumulative-latent')
+    """
+    return "cumulative-latent" if features == "latent-mean" else f"cumulative-{features}"
+
+
+LDA_REFERENCE = "slda"
+"""The streaming LDA the default learner must not fall behind (the paired differences of the
+study tables)."""
+
+
+def _sem(values: Sequence[float] | np.ndarray) -> float:
+    """Standard error of a mean (sample standard deviation / sqrt(n)); 0 for one value."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def _saving(mine: np.ndarray, ref: np.ndarray) -> float:
@@ -313,7 +311,8 @@ def summarise(
     all batches (for memory: of the bytes held after each batch), and at the last batch
     ``1 - mine[-1] / cumulative[-1]``. ``raw_images_mb`` is what keeping every image seen
     would cost at the extractor's input size (``image_bytes`` each), the alternative to keeping
-    latents.
+    latents. ``*_sem`` are standard errors of the means; ``lda_gap_*`` is the paired difference
+    to streaming LDA (``LDA_REFERENCE``) on the same orderings, when it ran.
     """
     by_key = {(r["strategy"], r["seed"]): r for r in runs}
     out: dict[str, dict[str, float]] = {}
@@ -325,6 +324,7 @@ def summarise(
             "runs": len(mine),
             "final_accuracy_mean": float(final.mean()),
             "final_accuracy_std": float(final.std()),
+            "final_accuracy_sem": _sem(final),
             "average_accuracy_mean": float(average.mean()),
             "total_gflop_mean": float(np.mean([sum(r["flops"]) for r in mine]) / 1e9),
             "update_seconds_mean": float(np.mean([np.mean(r["seconds"]) for r in mine])),
@@ -342,12 +342,20 @@ def summarise(
             gaps = [r["final_accuracy"] - ref["final_accuracy"] for r, ref in pairs]
             s["gap_mean"] = float(np.mean(gaps))
             s["gap_std"] = float(np.std(gaps))
+            s["gap_sem"] = _sem(gaps)
             for what, key in (("compute", "flops"), ("memory", "memory_bytes")):
                 life = [_saving(np.array(r[key], float), np.array(f[key], float)) for r, f in pairs]
                 last = [_saving(np.array(r[key][-1:], float), np.array(f[key][-1:], float))
                         for r, f in pairs]  # fmt: skip
                 s[f"{what}_saving_life"] = float(np.mean(life))
                 s[f"{what}_saving_last"] = float(np.mean(last))
+        lda = [
+            r["final_accuracy"] - by_key[(LDA_REFERENCE, r["seed"])]["final_accuracy"]
+            for r in mine
+            if (LDA_REFERENCE, r["seed"]) in by_key
+        ]
+        if lda and name != LDA_REFERENCE:
+            s["lda_gap_mean"], s["lda_gap_sem"] = float(np.mean(lda)), _sem(lda)
         out[name] = s
     return out
 
@@ -361,15 +369,17 @@ def _pct(value: float | None, signed: bool = False) -> str:
 def markdown_table(summary: dict[str, dict[str, float]]) -> str:
     """The summary as a Markdown table: accuracy, gap and savings vs same-depth cumulative."""
     rows = [
-        "| strategy | runs | final accuracy | gap to cumulative | average accuracy | "
-        "compute saving: life / last | memory saving: life / last | total GFLOP | "
-        "s per update | memory at end (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| strategy | runs | final accuracy (s.e.) | gap to cumulative (s.e.) | vs streaming LDA "
+        "(s.e.) | average accuracy | compute saving: life / last | memory saving: life / last "
+        "| total GFLOP | s per update | memory at end (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
-        gap = ""
+        gap = lda = ""
         if "gap_mean" in s:
-            gap = f"{_pct(s['gap_mean'], True)} +- {_pct(s['gap_std'])}"
+            gap = f"{_pct(s['gap_mean'], True)} ({_pct(s['gap_sem'])})"
+        if "lda_gap_mean" in s:
+            lda = f"{_pct(s['lda_gap_mean'], True)} ({_pct(s['lda_gap_sem'])})"
         saving = {
             w: f"{_pct(s.get(f'{w}_saving_life'))} / {_pct(s.get(f'{w}_saving_last'))}"
             if f"{w}_saving_life" in s
@@ -377,8 +387,9 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
             for w in ("compute", "memory")
         }
         rows.append(
-            f"| {name} | {s['runs']:.0f} | {_pct(s['final_accuracy_mean'])} +- "
-            f"{_pct(s['final_accuracy_std'])} | {gap} | {_pct(s['average_accuracy_mean'])} | "
+            f"| {name} | {s['runs']:.0f} | {_pct(s['final_accuracy_mean'])} "
+            f"({_pct(s['final_accuracy_sem'])}) | {gap} | {lda} | "
+            f"{_pct(s['average_accuracy_mean'])} | "
             f"{saving['compute']} | {saving['memory']} | {s['total_gflop_mean']:.0f} | "
             f"{s['update_seconds_mean']:.3f} | {s['final_memory_mb_mean']:.1f} |"
         )
@@ -490,7 +501,11 @@ def bench(
             records.setdefault(scenario.name, scenario_record(scenario))
             latents = load_stream(scenario, cache)
             image_bytes = cache.extractor.resolution**2 * 3
-            pools = pooled(latents, pretrained)
+            views = {
+                "latent": latents,
+                "pool": pooled(latents, pretrained),
+                "latent-mean": latent_means(latents),
+            }
             points = evaluation_points(len(latents.batches), eval_points)
             if progress is None:
                 work = len(scenarios) * runs * len(names) * len(latents.batches)
@@ -499,7 +514,7 @@ def bench(
                 s = table[name]
                 progress.label = f"{scenario.name} run {seed} {name}"
                 start = time.perf_counter()
-                stream = latents if s.features == "latent" else pools
+                stream = views[s.features]
                 r = run(s, stream, head, seed, points, progress.step)
                 r["scenario"] = scenario.name
                 results.append(r)
@@ -530,6 +545,34 @@ def _results(
     }
 
 
+def suite_table(result: dict[str, Any], learner: str = "ar1-latent") -> str:
+    """One row per scenario for ``learner``: its final accuracy against cumulative retraining
+    at the same depth and streaming LDA (paired differences, standard errors), its compute
+    saving, update time and memory. Empty if it did not run.
+    """
+    rows = [
+        f"| scenario | {learner} (s.e.) | cumulative | gap (s.e.) | {LDA_REFERENCE} | "
+        "vs it (s.e.) | compute saving, life | s per update | memory at end (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario, summary in result["summary"].items():
+        s = summary.get(learner)
+        if s is None:
+            continue
+        ref = summary.get("cumulative-latent", {}).get("final_accuracy_mean")
+        lda = summary.get(LDA_REFERENCE, {}).get("final_accuracy_mean")
+        gap = f"{_pct(s['gap_mean'], True)} ({_pct(s['gap_sem'])})" if "gap_mean" in s else ""
+        vs = ""
+        if "lda_gap_mean" in s:
+            vs = f"{_pct(s['lda_gap_mean'], True)} ({_pct(s['lda_gap_sem'])})"
+        rows.append(
+            f"| {scenario} | {_pct(s['final_accuracy_mean'])} ({_pct(s['final_accuracy_sem'])}) "
+            f"| {_pct(ref)} | {gap} | {_pct(lda)} | {vs} | {_pct(s.get('compute_saving_life'))} "
+            f"| {s['update_seconds_mean']:.3f} | {s['final_memory_mb_mean']:.1f} |"
+        )
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def markdown_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """A study's Markdown summary: command, machine, scenarios, one table per scenario."""
     env = result["environment"]
@@ -543,13 +586,18 @@ def markdown_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
         + ", ".join(f"{k} {v}" for k, v in result["settings"].items() if k != "strategies")
         + ".",
         "",
-        "Gap and savings are against the cumulative strategy of the same features on the same "
-        "ordering (mean +- std over runs). Compute saving over the life cycle is "
+        "Accuracy is the mean over runs with its standard error. Gap and savings are against "
+        "the cumulative strategy of the same features on the same ordering, 'vs streaming LDA' "
+        f"against `{LDA_REFERENCE}` on the same ordering (paired differences). Compute saving "
+        "over the life cycle is "
         "`1 - sum(FLOPs) / sum(cumulative FLOPs)` over all batches, at the last batch "
         "`1 - FLOPs / cumulative FLOPs` of that batch; memory the same with the bytes held "
         "after each batch. Average accuracy is the mean over the evaluation points.",
         "",
     ]
+    table = suite_table(result)
+    if len(result["summary"]) > 1 and table:
+        lines += ["## The default learner on every scenario", "", table, ""]
     for name, summary in result["summary"].items():
         sc = result["scenarios"].get(name, {})
         lines += [f"## {name}", ""]
@@ -563,21 +611,38 @@ def markdown_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
                 "",
             ]
         lines += [markdown_table(summary), ""]
-        lines += [f"![{p}]({p})" for p in plots if Path(p).name.startswith(name)]
+        lines += [f"![{p}]({p})" for p in plots if Path(p).stem.rsplit("_", 1)[0] == name]
         lines += [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def quick_check(result: dict[str, Any], max_gap: float = 0.05) -> list[str]:
-    """Failures of the quick study: every AR1* strategy within ``max_gap`` of its cumulative."""
+def quick_check(
+    result: dict[str, Any],
+    learner: str = "ar1-latent",
+    max_gap: float = 0.03,
+    lda: Sequence[str] = ("slda", "slda-latent"),
+    max_lda_gap: float = 0.01,
+) -> list[str]:
+    """Failures of the quick study: ``learner`` more than ``max_gap`` behind its cumulative
+    reference, or more than ``max_lda_gap`` behind a streaming LDA of ``lda``, on a scenario."""
     failures = []
     for scenario, summary in result["summary"].items():
-        for name, s in summary.items():
-            if name.startswith("ar1") and "gap_mean" in s and s["gap_mean"] < -max_gap:
+        s = summary.get(learner)
+        if s is None or "gap_mean" not in s:
+            failures.append(f"{scenario}: no {learner} run with a cumulative run to compare with")
+            continue
+        if s["gap_mean"] < -max_gap:
+            failures.append(
+                f"{scenario}: {learner} ends {-100 * s['gap_mean']:.1f} points behind cumulative "
+                f"(allowed {100 * max_gap:.0f})"
+            )
+        for name in lda:
+            if name not in summary:
+                continue
+            behind = summary[name]["final_accuracy_mean"] - s["final_accuracy_mean"]
+            if behind > max_lda_gap:
                 failures.append(
-                    f"{scenario}: {name} ends {-100 * s['gap_mean']:.1f} points behind cumulative "
-                    f"(allowed {100 * max_gap:.0f})"
+                    f"{scenario}: {learner} ends {100 * behind:.1f} points behind {name} "
+                    f"(allowed {100 * max_lda_gap:.0f})"
                 )
-            if name.startswith("ar1") and "gap_mean" not in s:
-                failures.append(f"{scenario}: {name} has no cumulative run to compare with")
     return failures

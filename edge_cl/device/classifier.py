@@ -1,8 +1,9 @@
-"""Frame -> preprocess -> frozen extractor -> latent -> AR1* learner -> verdict, on the device.
+"""Frame -> preprocess -> frozen extractor -> features -> learner -> verdict, on the device.
 
-The learner is held behind a lock and only ever replaced whole (:meth:`Classifier.swap`), never
-changed in place, so a prediction always sees one complete model while
-:class:`~edge_cl.device.worker.LearnerWorker` trains a copy in the background.
+The learner is any of :mod:`edge_cl.learner.registry` (``DeviceConfig.learner``). It is held
+behind a lock and only ever replaced whole (:meth:`Classifier.swap`), never changed in place, so
+a prediction always sees one complete model while :class:`~edge_cl.device.worker.LearnerWorker`
+trains a copy in the background.
 """
 
 from __future__ import annotations
@@ -15,16 +16,28 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge_cl.backends import Extractor, open_extractor
+from edge_cl.backends import RUNTIME_FORMATS, Extractor, open_extractor
 from edge_cl.device.config import DeviceConfig
-from edge_cl.errors import CheckpointError
+from edge_cl.errors import CheckpointError, ManifestError, MissingExtraError
 from edge_cl.imagenet import head_arrays
 from edge_cl.learner.ar1 import AR1Star
 from edge_cl.learner.checkpoint import remove_leftovers
 from edge_cl.learner.labels import Label
+from edge_cl.learner.protocol import Learner
+from edge_cl.learner.registry import (
+    learner_depth,
+    learner_name,
+    learner_spec,
+    load_learner,
+    make_learner,
+)
 from edge_cl.manifest import Manifest
 
 log = logging.getLogger("edge_cl.device")
+
+RESUMED_OPTIONS = ("epochs", "replay_per_epoch")
+"""Options of the AR1* family a resumed checkpoint takes from the configuration (its training
+schedule); everything else stays as the checkpoint was made."""
 
 
 @dataclass(frozen=True)
@@ -37,36 +50,70 @@ class Verdict:
     unknown: bool
 
 
-def new_learner(config: DeviceConfig, extractor_sha256: str, manifest: Manifest) -> AR1Star:
-    """A fresh AR1* learner above the configured cut, starting from the pretrained head.
+def new_learner(config: DeviceConfig, extractor_sha256: str, manifest: Manifest) -> Learner:
+    """A fresh ``config.learner`` above ``config.cut`` with ``config.learner_options``; the AR1*
+    family at depth latent starts from the pretrained head.
 
-    With ``config.replay_grid``, if the manifest's artifact of ``extractor_sha256`` outputs
-    values on a uint8 grid (the int8 models), the replay memory stores those codes alone
-    (``AR1Config.replay_grid``).
+    With ``learner.replay_grid`` (AR1* family), if the manifest's artifact of
+    ``extractor_sha256`` outputs values on a uint8 grid (the int8 models), the replay memory
+    stores those codes alone (``AR1Config.replay_grid``).
     """
+    options = dict(config.learner_options)
+    if "replay_grid" in learner_spec(config.learner).options:
+        artifact = next((a for a in manifest.artifacts if a.sha256 == extractor_sha256), None)
+        use_grid = bool(options.get("replay_grid"))
+        options["replay_grid"] = artifact.output_grid if use_grid and artifact else None
     head = head_arrays(manifest.head()) if config.cut == "latent" else None
-    artifact = next((a for a in manifest.artifacts if a.sha256 == extractor_sha256), None)
-    grid = artifact.output_grid if artifact is not None and config.replay_grid else None
-    return AR1Star(
-        head,
-        extractor_sha256,
-        depth=config.cut,
-        replay_grid=grid,
-        replay_mb=config.replay_mb,
-        replay_per_epoch=config.replay_per_epoch,
-        epochs=config.epochs,
+    return make_learner(config.learner, head, extractor_sha256, config.cut, **options)
+
+
+def extractor_sha256_at(manifest: Manifest, extractor_sha256: str, cut: str) -> str | None:
+    """The sha256 of the manifest's extractor at ``cut`` in the format and precision of the one
+    whose sha256 is ``extractor_sha256`` (None if the manifest has no such pair)."""
+    for artifact in manifest.artifacts:
+        if artifact.sha256 == extractor_sha256:
+            try:
+                return manifest.find(cut, artifact.format, artifact.precision).sha256
+            except ManifestError:
+                return None
+    return None
+
+
+def _load_checkpoint(config: DeviceConfig, extractor_sha256: str, manifest: Manifest) -> Learner:
+    """The learner in ``config.checkpoint``, whichever learner and depth it is, checked against
+    the extractor it needs; ``CheckpointError`` (or ``MissingExtraError``) if it is unusable."""
+    path = config.checkpoint
+    learner = load_learner(path)
+    depth = learner_depth(learner)
+    expected = (
+        extractor_sha256
+        if depth == config.cut
+        else extractor_sha256_at(manifest, extractor_sha256, depth)
     )
+    if learner.extractor_sha256 is None or learner.extractor_sha256 != expected:
+        raise CheckpointError(
+            f"{path} was made with extractor {str(learner.extractor_sha256)[:16]}..., not the "
+            f"loaded one ({str(expected)[:16]}...): its features mean something else. Start a "
+            "new state or load the matching model"
+        )
+    return learner
 
 
 def resume_learner(
     config: DeviceConfig, extractor_sha256: str, manifest: Manifest
-) -> tuple[AR1Star, str]:
+) -> tuple[Learner, str]:
     """The learner in ``config.checkpoint``, or a fresh one; and a sentence saying which.
 
-    An unusable checkpoint (corrupt, truncated, made with another extractor) is moved aside to
-    ``*.corrupt`` (``*.corrupt.1``, ... if that exists: an earlier one is never overwritten) and
-    a fresh learner starts, so a bad file never makes the service crash-loop. Temporary files
-    left by a write that a crash cut short are deleted first.
+    ``extractor_sha256`` is the extractor at ``config.cut``. A checkpoint of another learner or
+    depth than configured is kept (never discard what was learned): it is checked against the
+    manifest's extractor at its own depth, and a warning says how to switch. An AR1* checkpoint
+    of the configured learner takes the configured :data:`RESUMED_OPTIONS`.
+
+    An unusable checkpoint (corrupt, truncated, made with another extractor, of a learner this
+    installation cannot run) is moved aside to ``*.corrupt`` (``*.corrupt.1``, ... if that
+    exists: an earlier one is never overwritten) and a fresh learner starts, so a bad file never
+    makes the service crash-loop. Temporary files left by a write that a crash cut short are
+    deleted first.
 
     >>> import tempfile
     >>> from pathlib import Path
@@ -83,8 +130,8 @@ def resume_learner(
     if not path.exists():
         return new_learner(config, extractor_sha256, manifest), f"no checkpoint at {path}: new"
     try:
-        learner = AR1Star.load(path, extractor_sha256=extractor_sha256)
-    except CheckpointError as e:
+        learner = _load_checkpoint(config, extractor_sha256, manifest)
+    except (CheckpointError, MissingExtraError) as e:
         aside = path.with_name(path.name + ".corrupt")
         n = 0
         while aside.exists():  # a wrong-extractor file still holds what was learned: keep each
@@ -94,14 +141,32 @@ def resume_learner(
         log.error("unusable checkpoint %s (%s): moved it to %s, starting fresh", path, e, aside)
         what = f"unusable checkpoint moved to {aside} ({e}): new learner"
         return new_learner(config, extractor_sha256, manifest), what
-    learner.config = replace(
-        learner.config, epochs=config.epochs, replay_per_epoch=config.replay_per_epoch
-    )
-    return learner, f"resumed {path}: {len(learner.classes_)} classes {learner.classes_}"
+    name, depth = learner_name(learner), learner_depth(learner)
+    if (name, depth) != (config.learner, config.cut):
+        log.warning(
+            "%s holds a %r learner at depth %r, but the configuration names %r at %r: keeping "
+            "the checkpoint's, with what it learned. To switch, move %s aside (what it learned "
+            "is then not used) and restart",
+            path,
+            name,
+            depth,
+            config.learner,
+            config.cut,
+            path,
+        )
+    elif isinstance(learner, AR1Star):
+        spec = learner_spec(name)
+        schedule = {k: config.learner_options.get(k, spec.options[k]) for k in RESUMED_OPTIONS}
+        learner.config = replace(learner.config, **schedule)
+    what = f"resumed {path}: {name} at depth {depth}, {len(learner.classes_)} classes"
+    return learner, f"{what} {learner.classes_}"
 
 
 class Classifier:
     """The extractor and the current learner: ``latents(frames)``, then ``predict(latents)``.
+
+    The extractor's cut is what the learner eats: ``config.cut``, or a resumed checkpoint's
+    depth where that differs (:func:`resume_learner`).
 
     >>> import tempfile
     >>> from pathlib import Path
@@ -112,7 +177,7 @@ class Classifier:
     ((1, 4, 4, 320), [Verdict(label=None, confidence=0.0, unknown=True)])
     """
 
-    def __init__(self, extractor: Extractor, learner: AR1Star, resumed: str = "") -> None:
+    def __init__(self, extractor: Extractor, learner: Learner, resumed: str = "") -> None:
         self.extractor = extractor
         self.resumed = resumed
         """What happened to the checkpoint at start (new, resumed, moved aside)."""
@@ -121,40 +186,43 @@ class Classifier:
 
     @classmethod
     def open(cls, config: DeviceConfig, manifest: Manifest | None = None) -> Classifier:
-        """Open the configured extractor (sha256-checked), resume or create the learner, and
-        run one warm-up frame so the first real one is not slow."""
+        """Resume or create the learner, open the extractor it eats (sha256-checked), and run
+        one warm-up frame so the first real one is not slow."""
         manifest = manifest or Manifest.load(config.models)
+        fmt = RUNTIME_FORMATS[config.runtime]
+        sha = manifest.find(config.cut, fmt, config.precision).sha256
+        learner, resumed = resume_learner(config, sha, manifest)
         extractor = open_extractor(
-            config.cut,
+            learner_depth(learner),
             config.runtime,
             config.precision,
             config.resolution,
             config.threads,
             manifest=manifest,
         )
-        learner, resumed = resume_learner(config, extractor.artifact.sha256, manifest)
         r = extractor.resolution
         extractor.frames([np.zeros((r, r, 3), np.uint8)])
         return cls(extractor, learner, resumed)
 
     @property
-    def learner(self) -> AR1Star:
+    def learner(self) -> Learner:
         """The model in use now. Treat it as read-only: train a copy and :meth:`swap` it in."""
         with self._lock:
             return self._learner
 
-    def swap(self, learner: AR1Star) -> AR1Star:
+    def swap(self, learner: Learner) -> Learner:
         """Put ``learner`` in use for every later prediction; returns the one it replaces."""
         with self._lock:
             old, self._learner = self._learner, learner
         return old
 
     def latents(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """Latents of RGB frames of any size (preprocessed as the manifest says)."""
+        """The extractor's features of RGB frames of any size (preprocessed as the manifest
+        says): latents or pooled features, whichever the learner eats."""
         return self.extractor.frames(list(frames))
 
     def predict(self, latents: np.ndarray) -> list[Verdict]:
-        """One verdict per latent, from the model in use when the call starts."""
+        """One verdict per pattern, from the model in use when the call starts."""
         learner = self.learner
         if not learner.classes_:
             return [Verdict(None, 0.0, True) for _ in range(len(latents))]

@@ -11,6 +11,7 @@ from typing import Any
 
 from edge_cl.device.config import detect_camera, load_config, parse_assignments
 from edge_cl.errors import LabelError
+from edge_cl.learner.registry import DEFAULT_LEARNER, LEARNERS
 
 CONTROL_COMMANDS = ("teach", "stop", "status", "predict", "save", "forget", "labels")
 
@@ -70,6 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         objects=getattr(args, "objects", 4),
         teach_seconds=getattr(args, "teach_seconds", 1.5),
         seed=getattr(args, "seed", 0),
+        learner=getattr(args, "learner", DEFAULT_LEARNER),
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,8 @@ def add_device_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config key (repeatable), e.g. --set fps=10",
+        help="override one config key (repeatable), e.g. --set fps=10, --set learner=slda, "
+        "--set learner.replay_mb=4",
     )
     run.add_argument("--source", default=None, help="camera or replay: v4l2:0, picamera2, DIR...")
     run.add_argument("--serial", default=None, help="MCU port: /dev/ttyACM0 or a pyserial URL")
@@ -126,6 +129,13 @@ def add_device_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     demo.add_argument("--objects", type=int, default=4, help="how many objects to teach")
     demo.add_argument("--teach-seconds", type=float, default=1.5, help="teach button hold time")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--learner",
+        choices=list(LEARNERS),
+        default=DEFAULT_LEARNER,
+        help="the learner, on the features it eats: "
+        + "; ".join(spec.describe() for spec in LEARNERS.values()),
+    )
     demo.add_argument("--json", type=Path, default=None, help="write the summary here")
     demo.add_argument("-v", "--verbose", action="store_true", help="show the device loop's log")
     demo.set_defaults(func=cmd_demo)

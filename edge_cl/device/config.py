@@ -1,14 +1,21 @@
 """The device loop's settings: one frozen ``DeviceConfig``, read from TOML plus ``--set`` overrides.
 
-Every key of the TOML file is a field of :class:`DeviceConfig` (flat, no tables); an unknown key
-or a value of the wrong type is refused with a ``ConfigError`` naming the key, so a typo never
-silently falls back to a default. ``deploy/edge-cl.toml`` is a commented example.
+Every top-level key of the TOML file is a field of :class:`DeviceConfig`; the learner is either
+``learner = "slda"`` or a ``[learner]`` table, ``name = "ar1"`` plus that learner's own options
+(for ``ar1`` any ``AR1Config`` field: ``replay_mb``, ``replay_per_epoch``, ``epochs``, ...). On
+the command line: ``--set learner=slda``, ``--set learner.replay_mb=4``. An unknown key, a value
+of the wrong type, an option the learner does not have or a bad value is refused with a
+``ConfigError`` naming the key when the configuration is built, so a typo never silently falls
+back to a default and a bad option never fails an update later. The flat keys ``replay_mb``,
+``replay_per_epoch``, ``replay_grid`` and ``epochs`` of earlier versions are still read, as
+``learner.KEY``, with a warning. ``deploy/edge-cl.toml`` is a commented example.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging
 import math
 import os
 import sys
@@ -21,10 +28,21 @@ from typing import Any
 
 from edge_cl.backends import RUNTIME_FORMATS
 from edge_cl.errors import ConfigError
+from edge_cl.learner.registry import (
+    DEFAULT_LEARNER,
+    LEARNERS,
+    learner_spec,
+    unknown_option,
+    validate,
+)
+
+log = logging.getLogger("edge_cl.device")
 
 CHECKPOINT_NAME = "learner.ckpt"
 SOCKET_NAME = "edge-cl.sock"
 """The control socket's name in ``$XDG_RUNTIME_DIR``; in ``state_dir`` it is ``control.sock``."""
+MOVED_KEYS = ("replay_mb", "replay_per_epoch", "replay_grid", "epochs")
+"""Flat keys of earlier versions, now options of the learner (``learner.KEY``)."""
 
 
 def default_runtime() -> str:
@@ -54,13 +72,19 @@ class DeviceConfig:
       (``picamera2``, ``v4l2:0``, ``gst:...``, ``video:PATH``, ``folder:DIR``,
       ``filelist:FILE[@ROOT]``, ``synthetic``); ``fps`` paces it (None: as fast as it comes),
       ``capture_size`` asks the camera for (width, height), ``loop`` replays files forever.
-    - ``models``, ``cut`` (``latent`` or ``pool``, also the learner's depth), ``runtime``,
-      ``precision``, ``resolution`` (multiple of 32), ``threads``: the frozen extractor.
-    - ``replay_mb``, ``replay_per_epoch``, ``epochs``: the AR1* learner (see ``AR1Config``);
-      ``replay_grid``: with an int8 model, store replay as the model's own output codes (exact,
-      1.5x the patterns in ``replay_mb``; better on two of the three study streams, worse on
-      the cluttered one, ``docs/results/replay_grid.md``). A checkpoint keeps what it was made
-      with.
+    - ``models``, ``cut``, ``runtime``, ``precision``, ``resolution`` (multiple of 32),
+      ``threads``: the frozen extractor. ``cut`` is what the learner eats and defaults to it
+      (``auto``): ``latent`` for the AR1* family (which can also learn at ``pool``), ``pool``
+      for the others; a cut the learner cannot eat is refused.
+    - ``learner``: a name of :data:`edge_cl.learner.registry.LEARNERS` (``ar1``, the default,
+      ``cwr``, ``naive``, ``cumulative``, ``ncm``, ``slda``, ``sgd``, ``knn``);
+      ``learner_options``: its options as given (for ``ar1`` the fields of ``AR1Config``, less
+      ``depth``, which is ``cut``), checked here; the others keep the learner's own defaults,
+      so the device runs the learner the study measures. For the AR1* family ``replay_grid`` is
+      true or false: with an int8 model, store replay as the model's own output codes (exact,
+      1.5x the patterns in ``replay_mb``; measured with earlier defaults in
+      ``docs/results/learner_tuning.md``). A resumed checkpoint keeps what it was
+      made with, but for ``epochs`` and ``replay_per_epoch``.
     - ``learning_fps``: while the learner trains, frames are classified at most this often, so
       the update gets the cores and a teach is learned sooner (0: no limit).
     - ``teach_max_frames``: latents kept while teach is held (evenly thinned beyond it);
@@ -68,7 +92,8 @@ class DeviceConfig:
     - ``unknown_accept``: after each update the unknown threshold is set so that this fraction
       of the replayed (taught) patterns passes; 1.0 never says unknown. New views of taught
       objects are a little harder than the taught patterns, so somewhat more of them are
-      flagged than ``1 - unknown_accept``.
+      flagged than ``1 - unknown_accept``. Learners without a replay memory keep the
+      ``unknown_threshold`` option they were given (default 0: never unknown).
     - ``state_dir``: holds the checkpoint (``learner.ckpt``); ``control_socket``: the Unix socket
       (default ``$XDG_RUNTIME_DIR/edge-cl.sock``, else ``state_dir/control.sock``).
     - ``serial``, ``baudrate``: the companion MCU (a device path or a pyserial URL; None: none);
@@ -78,8 +103,10 @@ class DeviceConfig:
     - ``max_seconds``, ``max_frames``: stop after that long or that many frames (None: never).
 
     >>> c = DeviceConfig(state_dir=Path("/var/lib/edge-cl"), fps=15)
-    >>> c.checkpoint, c.cut, c.teach_target_frames
-    (PosixPath('/var/lib/edge-cl/learner.ckpt'), 'latent', 30)
+    >>> c.checkpoint, c.cut, c.teach_target_frames, c.learner_options
+    (PosixPath('/var/lib/edge-cl/learner.ckpt'), 'latent', 30, {})
+    >>> DeviceConfig(learner="slda", learner_options={"shrinkage": 1e-3}).cut
+    'pool'
     """
 
     source: str = "synthetic"
@@ -87,15 +114,13 @@ class DeviceConfig:
     capture_size: tuple[int, int] | None = None
     loop: bool = False
     models: Path | None = None
-    cut: str = "latent"
+    cut: str = "auto"
     runtime: str = field(default_factory=default_runtime)
     precision: str = "int8"
     resolution: int = 128
     threads: int = 2
-    replay_mb: float = 8.0
-    replay_per_epoch: int = 512
-    replay_grid: bool = False
-    epochs: int = 4
+    learner: str = DEFAULT_LEARNER
+    learner_options: dict[str, Any] = field(default_factory=dict)
     learning_fps: float = 5.0
     teach_max_frames: int = 120
     teach_target_frames: int = 30
@@ -117,20 +142,18 @@ class DeviceConfig:
                 raise ConfigError(f"{key} = {getattr(self, key)!r}: {what}")
 
         need(bool(self.source.strip()), "source", "name a camera or replay source")
-        need(self.cut in ("latent", "pool"), "cut", "must be 'latent' or 'pool'")
+        need(self.cut in ("auto", "latent", "pool"), "cut", "must be 'auto', 'latent' or 'pool'")
         need(self.runtime in RUNTIME_FORMATS, "runtime", f"choose one of {sorted(RUNTIME_FORMATS)}")
         need(self.precision in ("fp32", "int8"), "precision", "must be 'fp32' or 'int8'")
         need(self.resolution >= 32 and self.resolution % 32 == 0, "resolution", "multiple of 32")
-        for key in ("threads", "epochs", "teach_max_frames", "teach_target_frames", "baudrate"):
+        for key in ("threads", "teach_max_frames", "teach_target_frames", "baudrate"):
             need(getattr(self, key) >= 1, key, "must be >= 1")
-        need(self.replay_per_epoch >= 0, "replay_per_epoch", "must be >= 0")
         need(
             self.teach_target_frames <= self.teach_max_frames,
             "teach_target_frames",
             f"must be <= teach_max_frames ({self.teach_max_frames})",
         )
         need(0.0 < self.unknown_accept <= 1.0, "unknown_accept", "must be in (0, 1]")
-        need(self.replay_mb >= 0, "replay_mb", "must be >= 0")
         need(self.learning_fps >= 0, "learning_fps", "must be >= 0 (0: no limit)")
         for key in ("prediction_hz", "log_interval", "preview_fps"):
             need(getattr(self, key) > 0, key, "must be > 0")
@@ -139,6 +162,40 @@ class DeviceConfig:
         need(self.max_frames is None or self.max_frames >= 1, "max_frames", "must be >= 1")
         size = self.capture_size
         need(size is None or min(size) >= 1, "capture_size", "width and height must be >= 1")
+        self._check_learner()
+
+    def _check_learner(self) -> None:
+        """Resolve ``cut`` and check the learner and every option, so that a bad one is refused
+        now, never in the middle of an update."""
+        spec = learner_spec(self.learner)
+        if self.cut == "auto":
+            object.__setattr__(self, "cut", spec.eats[0])
+        elif self.cut not in spec.eats:
+            raise ConfigError(
+                f"cut = {self.cut!r} contradicts learner = {self.learner!r}, which eats "
+                f"{' or '.join(spec.eats)} features: drop cut (it follows the learner) or set "
+                f"cut = {spec.eats[0]!r}"
+            )
+        if not isinstance(self.learner_options, Mapping):
+            raise ConfigError(f"learner_options must be a mapping, got {self.learner_options!r}")
+        options = dict(self.learner_options)
+        grid = options.get("replay_grid")
+        if "replay_grid" in spec.options and grid is not None:
+            if not isinstance(grid, bool):
+                raise ConfigError(
+                    f"learner.replay_grid = {grid!r}: expected true or false (true: an int8 "
+                    "model's replay is stored as its own output codes)"
+                )
+            codec = options.get("replay_codec", spec.options["replay_codec"])
+            if grid and codec != "uint8":
+                raise ConfigError(
+                    f"learner.replay_grid = true stores uint8 codes, but learner.replay_codec = "
+                    f"{codec!r}: drop one of them"
+                )
+            options["replay_grid"] = None
+        checked = validate(spec.name, self.cut, options)
+        given = {k: grid if k == "replay_grid" else checked[k] for k in self.learner_options}
+        object.__setattr__(self, "learner_options", given)
 
     @property
     def checkpoint(self) -> Path:
@@ -154,8 +211,9 @@ class DeviceConfig:
         return Path(runtime_dir) / SOCKET_NAME if runtime_dir else self.state_dir / "control.sock"
 
 
-_HINTS = typing.get_type_hints(DeviceConfig)
-KEYS = tuple(f.name for f in fields(DeviceConfig))
+KEYS = tuple(f.name for f in fields(DeviceConfig) if f.name != "learner_options")
+"""The keys of a configuration file (the learner's options go in its ``[learner]`` table)."""
+_HINTS = {k: v for k, v in typing.get_type_hints(DeviceConfig).items() if k in KEYS}
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -163,10 +221,18 @@ _FALSE = {"false", "no", "off", "0"}
 def _convert(key: str, value: object, hint: Any) -> object:
     """``value`` (from TOML, or a string from ``--set``) as the type ``hint`` of ``key``."""
     options = typing.get_args(hint) if isinstance(hint, UnionType) else (hint,)
-    if NoneType in options:
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-            return None
-        (hint,) = (o for o in options if o is not NoneType)
+    blank = isinstance(value, str) and value.strip().lower() in ("", "none", "null")
+    if NoneType in options and blank:
+        return None
+    options = tuple(o for o in options if o is not NoneType)
+    if len(options) > 1:  # e.g. float | str: the first type the value converts to
+        for option in options:
+            try:
+                return _convert(key, value, option)
+            except ValueError:
+                continue
+        raise ValueError(f"expected one of {', '.join(o.__name__ for o in options)}")
+    (hint,) = options
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -176,11 +242,17 @@ def _convert(key: str, value: object, hint: Any) -> object:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ValueError("expected an integer")
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError("expected an integer") from None
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError("expected a number")
-        number = float(value)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("expected a number") from None
         if not math.isfinite(number):
             raise ValueError("expected a finite number")
         return number
@@ -200,18 +272,54 @@ def _convert(key: str, value: object, hint: Any) -> object:
     raise TypeError(f"no converter for {key}: {hint}")  # a field of a type not handled above
 
 
-def _apply(values: dict[str, object], raw: Mapping[str, object], where: str) -> None:
+def learner_option_hints(name: str) -> dict[str, Any]:
+    """The types of learner ``name``'s options in a device configuration: the registry's, but
+    ``replay_grid`` (AR1* family) is true or false, the grid being the model's own.
+
+    >>> learner_option_hints("slda")
+    {'shrinkage': float | str, 'streaming_covariance': <class 'bool'>, \
+'unknown_threshold': <class 'float'>}
+    """
+    hints = dict(learner_spec(name).hints)
+    if "replay_grid" in hints:
+        hints["replay_grid"] = bool
+    return hints
+
+
+def _split(raw: Mapping[str, object], where: str) -> tuple[dict[str, object], dict[str, object]]:
+    """One source's device keys, and its learner keys (``name`` and options): ``learner =
+    NAME``, a ``[learner]`` table, ``learner.KEY`` (``--set``), or a flat key of
+    :data:`MOVED_KEYS`."""
+    device: dict[str, object] = {}
+    learner: dict[str, object] = {}
+    moved: dict[str, object] = {}
     for key, value in raw.items():
-        if key not in _HINTS:
-            close = difflib.get_close_matches(key, KEYS, n=1)
+        if key == "learner":
+            learner.update(value if isinstance(value, Mapping) else {"name": value})
+        elif key.startswith("learner."):
+            learner[key.removeprefix("learner.")] = value
+        elif key in MOVED_KEYS:
+            moved[key] = value
+        elif key in _HINTS:
+            device[key] = value
+        else:
+            close = difflib.get_close_matches(key, [*KEYS, *MOVED_KEYS], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"unknown key {key!r} in {where}{hint}; known keys: {', '.join(KEYS)}"
+                f"unknown key {key!r} in {where}{hint}; known keys: {', '.join(KEYS)}, and the "
+                "learner's options in its [learner] table"
             )
-        try:
-            values[key] = _convert(key, value, _HINTS[key])
-        except ValueError as e:
-            raise ConfigError(f"{key} = {value!r} in {where}: {e}") from e
+    for key, value in moved.items():
+        if key in learner:
+            raise ConfigError(
+                f"{key} and learner.{key} both in {where}: keep learner.{key} ({key} is the "
+                "spelling of earlier versions)"
+            )
+        log.warning(
+            "%s: %s is now learner.%s (in the [learner] table); read as such", where, key, key
+        )
+        learner[key] = value
+    return device, learner
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, str]:
@@ -253,12 +361,36 @@ def load_config(path: Path | None, overrides: Mapping[str, str] | None = None) -
 
     >>> load_config(None, {"fps": "12.5", "serial": "none", "capture_size": "640x480"}).fps
     12.5
+    >>> config = load_config(None, {"learner": "ar1", "learner.replay_mb": "4"})
+    >>> config.learner, config.learner_options, config.cut
+    ('ar1', {'replay_mb': 4.0}, 'latent')
     """
+    sources = [] if path is None else [(_read_toml(Path(path)), str(path))]
+    sources.append((dict(overrides or {}), "--set"))
     values: dict[str, object] = {}
-    if path is not None:
-        _apply(values, _read_toml(Path(path)), str(path))
-    _apply(values, dict(overrides or {}), "--set")
+    learner: dict[str, tuple[object, str]] = {}
+    for raw, where in sources:
+        device, options = _split(raw, where)
+        for key, value in device.items():
+            try:
+                values[key] = _convert(key, value, _HINTS[key])
+            except ValueError as e:
+                raise ConfigError(f"{key} = {value!r} in {where}: {e}") from e
+        learner.update((key, (value, where)) for key, value in options.items())
+    name, named_in = learner.pop("name", (DEFAULT_LEARNER, "the defaults"))
+    if not isinstance(name, str):
+        raise ConfigError(f"learner = {name!r}: name a learner, one of {', '.join(LEARNERS)}")
+    hints = learner_option_hints(name)
+    converted: dict[str, object] = {}
+    for key, (value, where) in learner.items():
+        if key not in hints:
+            switched = f" (learner {name!r} comes from {named_in})" if where != named_in else ""
+            raise ConfigError(f"learner.{key} in {where}{switched}: {unknown_option(name, key)}")
+        try:
+            converted[key] = _convert(key, value, hints[key])
+        except ValueError as e:
+            raise ConfigError(f"learner.{key} = {value!r} in {where}: {e}") from e
     try:
-        return DeviceConfig(**values)  # type: ignore[arg-type]
+        return DeviceConfig(**values, learner=name, learner_options=converted)  # type: ignore[arg-type]
     except TypeError as e:
         raise ConfigError(f"bad configuration: {e}") from e

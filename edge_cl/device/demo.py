@@ -29,6 +29,7 @@ from edge_cl.device.classifier import Verdict
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.loop import DeviceLoop
 from edge_cl.errors import DatasetError, LabelError
+from edge_cl.learner.registry import DEFAULT_LEARNER
 from edge_cl.preprocess import read_image
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.protocol import Prediction
@@ -279,9 +280,12 @@ def run_demo(
     objects: int = 4,
     teach_seconds: float = 1.5,
     seed: int = 0,
+    learner: str = DEFAULT_LEARNER,
     out: TextIO = sys.stdout,
 ) -> dict[str, Any]:
-    """Run the demo (about a minute); returns the loop's summary plus the phases' accuracy."""
+    """Run the demo (about a minute) with ``learner`` (a name of
+    :data:`edge_cl.learner.registry.LEARNERS`, on the features it eats); returns the loop's
+    summary plus the phases' accuracy."""
     if objects < 2:
         raise LabelError(f"the demo needs at least 2 objects to tell apart, got {objects}")
     scene: FrameSource
@@ -304,13 +308,14 @@ def run_demo(
             serial=mcu.device_path,
             control_socket=state_dir / "edge-cl.sock",
             log_interval=3600.0,
+            learner=learner,
         )
         tally = Tally()
         loop = DeviceLoop(config, scene, observer=tally.observe)
         driver = Driver(loop, mcu, show, names, tally, teach_seconds=teach_seconds, out=out)
         driver.say(
-            f"edge-cl demo: {scene.name} scene of {len(names)} objects, MCU emulator on "
-            f"{mcu.device_path}, state in {state_dir}"
+            f"edge-cl demo: {scene.name} scene of {len(names)} objects, learner {learner} on "
+            f"{config.cut} features, MCU emulator on {mcu.device_path}, state in {state_dir}"
         )
         thread = threading.Thread(target=driver.run, name="edge-cl-demo", daemon=True)
         thread.start()

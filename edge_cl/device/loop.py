@@ -32,6 +32,8 @@ from edge_cl.device.outputs import MjpegPreview, memory_mb, sd_notify, watchdog_
 from edge_cl.device.worker import JobResult, LearnerWorker
 from edge_cl.errors import EdgeClError, FrameError, LabelError
 from edge_cl.learner.labels import Label, check_label
+from edge_cl.learner.protocol import replay_memory
+from edge_cl.learner.registry import learner_name
 from firmware_bridge.protocol import (
     MAX_LABEL_BYTES,
     MAX_TEXT_BYTES,
@@ -249,6 +251,7 @@ class DeviceLoop:
             "state": self._state.name.lower(),
             "teaching": teaching.label if teaching is not None else None,
             "teach_frames": teaching.seen if teaching is not None else 0,
+            "learner": learner_name(learner),
             "classes": learner.classes_,
             "frames": self._frames,
             "accuracy": scored[1] / scored[0] if scored[0] else None,
@@ -261,8 +264,9 @@ class DeviceLoop:
     def _status_message(self) -> Status:
         assert self.classifier is not None
         learner = self.classifier.learner
-        memory = learner.memory.nbytes if learner.memory is not None else 0
-        return Status(self._state, min(len(learner.classes_), 65535), min(memory, 2**32 - 1))
+        memory = replay_memory(learner)
+        used = memory.nbytes if memory is not None else 0
+        return Status(self._state, min(len(learner.classes_), 65535), min(used, 2**32 - 1))
 
     def _publish_state(self) -> None:
         assert self.worker is not None
@@ -596,7 +600,7 @@ class DeviceLoop:
     def summary(self, seconds: float, source: str) -> dict[str, Any]:
         """Frames (and unusable ones dropped), fps, predictions, accuracy against the frames'
         truth (when the source knows it; frames shown while teaching are left out), teach
-        latencies, classes, checkpoint, resident memory (now and peak)."""
+        latencies, learner and classes, checkpoint, resident memory (now and peak)."""
         assert self.classifier is not None
         latencies = np.array(self._latencies) if self._latencies else np.zeros(1)
         scored, known = self._scored, self._scored_known
@@ -616,6 +620,7 @@ class DeviceLoop:
             },
             "teaches": self.teaches,
             "teach_latency_s": [t["latency_s"] for t in self.teaches if t["ok"]],
+            "learner": learner_name(self.classifier.learner),
             "classes": self.classifier.learner.classes_,
             "checkpoint": str(self.config.checkpoint),
             "resumed": self.classifier.resumed,

@@ -22,8 +22,8 @@ import numpy as np
 
 from edge_cl.device.classifier import Classifier
 from edge_cl.errors import EdgeClError
-from edge_cl.learner.ar1 import AR1Star
 from edge_cl.learner.labels import Label
+from edge_cl.learner.protocol import Learner, replay_memory
 from firmware_bridge.protocol import LearnerState
 
 log = logging.getLogger("edge_cl.device")
@@ -32,10 +32,12 @@ CALIBRATION_PATTERNS = 512
 """Replayed patterns the unknown threshold is calibrated on after each update."""
 
 
-def calibrate_on_replay(model: AR1Star, accept: float) -> None:
+def calibrate_on_replay(model: Learner, accept: float) -> None:
     """Set ``model``'s unknown threshold so ``accept`` of up to ``CALIBRATION_PATTERNS`` replayed
-    (taught) patterns pass; nothing with ``accept >= 1``, no replay, or fewer than two classes."""
-    memory = model.memory
+    (taught) patterns pass. Nothing changes with ``accept >= 1``, fewer than two classes, or a
+    learner that keeps no replay memory (NCM, SLDA, the scikit-learn heads, AR1* without
+    replay): those keep the ``unknown_threshold`` they were built with."""
+    memory = replay_memory(model)
     if accept >= 1.0 or memory is None or len(memory) == 0 or len(model.classes_) < 2:
         return
     x, _ = memory.sample(min(CALIBRATION_PATTERNS, len(memory)))
@@ -73,9 +75,11 @@ class _Job:
 class LearnerWorker:
     """A thread running learn / forget / save jobs in order; each returns a ``Future[JobResult]``.
 
-    ``checkpoint`` is written (atomically) after every learned batch and every forget.
-    ``unknown_accept`` < 1 recalibrates the unknown threshold on replayed patterns after each
-    change. ``on_state`` hears LEARNING / SAVING / IDLE; ``on_result`` hears every result.
+    The model is any :class:`~edge_cl.learner.protocol.Learner`. ``checkpoint`` is written
+    (atomically) after every learned batch and every forget. ``unknown_accept`` < 1
+    recalibrates the unknown threshold on replayed patterns after each change
+    (:func:`calibrate_on_replay`: learners without a replay memory keep theirs).
+    ``on_state`` hears LEARNING / SAVING / IDLE; ``on_result`` hears every result.
 
     >>> import tempfile
     >>> from pathlib import Path
@@ -231,7 +235,7 @@ class LearnerWorker:
         self._set_state(LearnerState.SAVING)
         return self._save(result, model)
 
-    def _save(self, result: JobResult, model: AR1Star) -> JobResult:
+    def _save(self, result: JobResult, model: Learner) -> JobResult:
         try:
             size = model.save(self.checkpoint)
         except (OSError, EdgeClError) as e:
@@ -240,7 +244,7 @@ class LearnerWorker:
         self._dirty = self.classifier.learner is not model
         return replace(result, checkpoint_bytes=size)
 
-    def _calibrate(self, model: AR1Star) -> None:
+    def _calibrate(self, model: Learner) -> None:
         calibrate_on_replay(model, self.unknown_accept)
 
     def _classes(self) -> tuple[Label, ...]:

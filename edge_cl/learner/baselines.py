@@ -4,44 +4,60 @@ Both learn from per-class running statistics, so any batch size (one pattern inc
 class order work without replay or gradient steps, and learning one batch after another gives the
 same model, to rounding, as learning their union (for SLDA: with its streaming covariance).
 
-They take pooled ``(n, d)`` features (``d = 1280`` for EfficientNet-Lite0: the extractor's
-``pool`` cut, or :meth:`edge_cl.imagenet.PretrainedHead.pool` on latents) and share the learner
-API of :class:`~edge_cl.learner.ar1.AR1Star`: ``partial_fit``, ``predict``, ``predict_proba``,
-``decision_function``, ``classes_``, ``forget``, ``nbytes``, plus ``state_dict`` /
-``from_state_dict``.
+They take pooled ``(N, d)`` features (``d = 1280`` for EfficientNet-Lite0: the extractor's
+``pool`` cut, or :meth:`edge_cl.imagenet.PretrainedHead.pool` on latents) and implement the
+:class:`~edge_cl.learner.protocol.Learner` protocol: ``partial_fit``, ``predict``,
+``predict_proba``, ``decision_function``, ``predict_with_confidence`` (with an
+``unknown_threshold`` and ``calibrate_unknown``), ``classes_``, ``forget``, ``nbytes``, ``save`` /
+``load`` through :mod:`edge_cl.learner.checkpoint`, plus ``state_dict`` / ``from_state_dict``.
 
-A state dict holds numpy arrays and JSON-able values only; split it into the two to store it with
-:func:`edge_cl.learner.checkpoint.save_state`.
+A state dict holds numpy arrays and JSON-able values only; :meth:`~_ClassMeanLearner.save`
+stores the arrays as arrays and the rest as the checkpoint's metadata.
 """
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from edge_cl.errors import CheckpointError, FrameError, LabelError, NotFittedError
+from edge_cl.errors import CheckpointError, NotFittedError
+from edge_cl.learner.checkpoint import load_state, save_state
+from edge_cl.learner.gaussian import merge_means, oas_covariance
 from edge_cl.learner.labels import Label, LabelMap
+from edge_cl.learner.layers import softmax
+from edge_cl.learner.protocol import (
+    calibrated_threshold,
+    check_batch,
+    check_labels,
+    check_threshold,
+    load_label_map,
+    with_confidence,
+)
 
 STATE_VERSION = 1
 
 _L = TypeVar("_L", bound="_ClassMeanLearner")
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return out
-
-
 class _ClassMeanLearner(ABC):
-    """Labels, per-class counts and running means, input checks and the shared API."""
+    """Labels, per-class counts and running means, input checks and the shared API.
+
+    ``extractor_sha256`` ties checkpoints to the extractor whose features they were learned
+    on; ``unknown_threshold``: below this top probability a prediction is flagged unknown.
+    """
 
     kind: ClassVar[str] = ""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, extractor_sha256: str | None = None, unknown_threshold: float = 0.0
+    ) -> None:
+        self.extractor_sha256 = extractor_sha256
+        self.unknown_threshold = check_threshold(unknown_threshold)
         self.labels = LabelMap()
         self.n_features: int | None = None
         self.batches_seen = 0
@@ -52,45 +68,12 @@ class _ClassMeanLearner(ABC):
 
     # ------------------------------------------------------------------------------ input
     def _check_features(self, x: object) -> np.ndarray:
-        """``x`` as a float64 (n, d) array, or a ``FrameError`` saying what to pass instead."""
-        try:
-            arr = np.asarray(x)
-        except ValueError as e:
-            raise FrameError(f"features must be a numeric (n, d) array: {e}") from e
-        if arr.dtype.kind not in "fiu":
-            raise FrameError(f"features must be a numeric (n, d) array, got dtype {arr.dtype}")
-        if arr.ndim != 2:
-            hint = (
-                ": (n, h, w, c) latents must be pooled first (the extractor's 'pool' cut, or "
-                "edge_cl.imagenet.PretrainedHead.pool)"
-                if arr.ndim == 4
-                else ""
-            )
-            raise FrameError(f"features must have shape (n, d), got {arr.shape}{hint}")
-        if arr.shape[0] == 0:
-            raise FrameError("empty batch: pass at least one pattern")
-        if self.n_features is not None and arr.shape[1] != self.n_features:
-            raise FrameError(
-                f"features have {arr.shape[1]} dimensions but this learner was fitted on "
-                f"{self.n_features}: use the same extractor cut as for training"
-            )
-        if arr.shape[1] == 0:
-            raise FrameError("features must have at least one dimension, got shape (n, 0)")
-        out = arr.astype(np.float64)
-        if not np.isfinite(out).all():
-            raise FrameError("features hold NaN or infinite values: check the extractor output")
-        return out
+        """``x`` as a float64 (N, d) array, or a ``FrameError`` saying what to pass instead."""
+        return check_batch(x, (self.n_features or "d",), dtype=np.float64)
 
     def _check_labels(self, y: Iterable[object], n: int) -> tuple[LabelMap, np.ndarray]:
         """A copy of the label map with ``y`` added, and the indices of ``y``; nothing changes."""
-        if isinstance(y, str | bytes):
-            raise LabelError("labels must be a sequence with one label per pattern, got a str")
-        try:
-            labels = list(y)
-        except TypeError as e:
-            raise LabelError(f"labels must be a sequence of str or int: {e}") from e
-        if len(labels) != n:
-            raise LabelError(f"{n} patterns but {len(labels)} labels: pass one label per pattern")
+        labels = check_labels(y, n)
         probe = LabelMap.from_state_dict(self.labels.state_dict())
         return probe, probe.fit(labels)
 
@@ -115,34 +98,16 @@ class _ClassMeanLearner(ABC):
         self._version += 1
         return self
 
-    def _merge_means(
-        self, x: np.ndarray, idx: np.ndarray, slots: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """New means and counts; for the covariance also each pattern's row in the batch class
-        means, those means, and the per-class shifts ``(m_b - m_a) * sqrt(n_a n_b / (n_a + n_b))``.
-
-        Chan et al.'s parallel merge: with ``n_a`` patterns of mean ``m_a`` and a batch of ``n_b``
-        of mean ``m_b``, the mean moves by ``n_b / (n_a + n_b) * (m_b - m_a)``.
-        """
+    def _merge(
+        self, x: np.ndarray, idx: np.ndarray, scatter: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """New means and counts after the batch, and the within-class scatter it adds (with
+        ``scatter``): :func:`~edge_cl.learner.gaussian.merge_means`, on copies."""
         d = x.shape[1]
-        means = np.zeros((slots, d), np.float64)
-        counts = np.zeros(slots, np.int64)
-        old = len(self._counts)
-        means[:old] = self._means.reshape(old, d)
-        counts[:old] = self._counts
-        classes, inverse, n_b = np.unique(idx, return_inverse=True, return_counts=True)
-        sums = np.zeros((len(classes), d), np.float64)
-        np.add.at(sums, inverse, x)
-        batch_mean = sums / n_b[:, None]
-        n_a = counts[classes]
-        total = n_a + n_b
-        shift = batch_mean - means[classes]
-        means[classes] += shift * (n_b / total)[:, None]
-        counts[classes] = total
-        return means, counts, inverse, batch_mean, shift * np.sqrt(n_a * n_b / total)[:, None]
+        return merge_means(self._means.reshape(len(self._counts), d), self._counts, x, idx, scatter)
 
     def _learn(self, x: np.ndarray, idx: np.ndarray, labels: LabelMap) -> None:
-        self._means, self._counts, *_ = self._merge_means(x, idx, labels.size)
+        self._means, self._counts, _ = self._merge(x, idx)
 
     def _update_flops(self, n: int, d: int) -> int:
         """FLOPs of learning ``n`` patterns of ``d`` features: the class sums and mean moves."""
@@ -168,12 +133,22 @@ class _ClassMeanLearner(ABC):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Softmax of :meth:`decision_function`; rows sum to 1, columns follow ``classes_``."""
-        return _softmax(self.decision_function(X))
+        return softmax(self.decision_function(X))
 
     def predict(self, X: np.ndarray) -> list[Label]:
         """The best-scoring known label of each pattern."""
         best = self.decision_function(X).argmax(axis=1)
         return self.labels.inverse(self._live()[best])
+
+    def predict_with_confidence(self, X: np.ndarray) -> tuple[list[Label], np.ndarray, np.ndarray]:
+        """Labels, their probability, and an ``unknown`` mask (probability below
+        ``unknown_threshold``)."""
+        return with_confidence(self.predict_proba(X), self.classes_, self.unknown_threshold)
+
+    def calibrate_unknown(self, X: np.ndarray, accept: float = 0.95) -> float:
+        """Set ``unknown_threshold`` so that ``accept`` of these known-class patterns pass."""
+        self.unknown_threshold = calibrated_threshold(self.predict_proba(X), accept)
+        return self.unknown_threshold
 
     @property
     def means_(self) -> np.ndarray:
@@ -209,13 +184,14 @@ class _ClassMeanLearner(ABC):
 
     # ------------------------------------------------------------------------------ state
     def _params(self) -> dict[str, Any]:
-        return {}
+        return {"unknown_threshold": self.unknown_threshold}
 
     def state_dict(self) -> dict[str, Any]:
         """The whole state: numpy arrays (copies) and JSON-able values."""
         return {
             "kind": self.kind,
             "version": STATE_VERSION,
+            "extractor_sha256": self.extractor_sha256,
             "params": self._params(),
             "labels": self.labels.state_dict(),
             "n_features": self.n_features,
@@ -225,12 +201,14 @@ class _ClassMeanLearner(ABC):
         }
 
     def _load(self, state: dict[str, Any]) -> None:
-        self.labels = LabelMap.from_state_dict(state["labels"])
-        self.n_features = None if state["n_features"] is None else int(state["n_features"])
-        self.batches_seen = int(state["batches_seen"])
+        self.labels = load_label_map(state["labels"])
+        self.n_features = None if state["n_features"] is None else _count(state, "n_features", 1)
+        self.batches_seen = _count(state, "batches_seen")
         slots, d = self.labels.size, self.n_features or 0
         self._means = _array(state["means"], np.float64, (slots, d), "means")
         self._counts = _array(state["counts"], np.int64, (slots,), "counts")
+        if (self._counts < 0).any():
+            raise ValueError("counts must be >= 0")
 
     @classmethod
     def from_state_dict(cls: type[_L], state: dict[str, Any]) -> _L:
@@ -242,17 +220,46 @@ class _ClassMeanLearner(ABC):
                 f"the state has version {state.get('version')}; this edge_cl reads {STATE_VERSION}"
             )
         try:
-            learner = cls(**state["params"])
+            learner = cls(**state["params"], extractor_sha256=state["extractor_sha256"])
             learner._load(state)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CheckpointError(f"the state is not a usable {cls.kind}: {e!r}") from e
         return learner
+
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Write :meth:`state_dict` atomically (arrays as arrays, the rest as the checkpoint's
+        metadata, see :mod:`edge_cl.learner.checkpoint`); returns the bytes written."""
+        state = self.state_dict()
+        arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+        meta = {k: v for k, v in state.items() if k not in arrays}
+        return save_state(path, meta, arrays)
+
+    @classmethod
+    def load(
+        cls: type[_L], path: str | os.PathLike[str], extractor_sha256: str | None = None
+    ) -> _L:
+        """A learner from :meth:`save`'s file; ``CheckpointError`` if it is truncated, corrupt,
+        of another kind, or (with ``extractor_sha256``) made with another extractor."""
+        meta, arrays = load_state(Path(path), kind=cls.kind, extractor_sha256=extractor_sha256)
+        try:
+            return cls.from_state_dict({**meta, **arrays})
+        except CheckpointError as e:
+            raise CheckpointError(f"{path} does not hold a usable {cls.kind}: {e}") from e
+
+
+def _count(state: dict[str, Any], key: str, least: int = 0) -> int:
+    value = state[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{key} must be an int >= {least}, got {value!r}")
+    return value
 
 
 def _array(value: object, dtype: type[np.generic], shape: tuple[int, ...], name: str) -> np.ndarray:
     arr = np.array(value, dtype=dtype)
     if arr.shape != shape:
         raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
     return arr
 
 
@@ -289,6 +296,9 @@ class StreamingLDA(_ClassMeanLearner):
     Scores are ``x @ (Lambda @ mu_k) - 0.5 * mu_k @ Lambda @ mu_k`` with the precision
     ``Lambda = inv((1 - shrinkage) * Sigma + shrinkage * I)``; ``predict_proba`` is their softmax,
     which is the LDA posterior under equal class priors (the shared quadratic term cancels).
+    ``shrinkage="oas"`` chooses it from the data instead (Oracle Approximating Shrinkage towards
+    the mean variance, :func:`~edge_cl.learner.gaussian.oas_covariance`): strong while few
+    patterns back the covariance, weak once many do.
 
     ``Sigma`` is the pooled within-class covariance ``S / n``: ``S`` is the sum over classes of
     the scatter of each class around its own mean, ``n`` the patterns it holds. A batch is merged
@@ -319,11 +329,20 @@ class StreamingLDA(_ClassMeanLearner):
 
     kind = "StreamingLDA"
 
-    def __init__(self, shrinkage: float = 1e-4, streaming_covariance: bool = True) -> None:
-        if not 0.0 < shrinkage <= 1.0:
-            raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
-        super().__init__()
-        self.shrinkage = float(shrinkage)
+    def __init__(
+        self,
+        shrinkage: float | str = 1e-4,
+        streaming_covariance: bool = True,
+        *,
+        extractor_sha256: str | None = None,
+        unknown_threshold: float = 0.0,
+    ) -> None:
+        if shrinkage != "oas" and not (
+            isinstance(shrinkage, int | float) and 0.0 < shrinkage <= 1.0
+        ):
+            raise ValueError(f"shrinkage must be 'oas' or a number in (0, 1], got {shrinkage!r}")
+        super().__init__(extractor_sha256=extractor_sha256, unknown_threshold=unknown_threshold)
+        self.shrinkage: float | str = shrinkage if isinstance(shrinkage, str) else float(shrinkage)
         self.streaming_covariance = bool(streaming_covariance)
         self._scatter = np.zeros((0, 0), np.float64)  # (d, d) pooled within-class scatter S
         self._n_cov = 0  # patterns that S sums over
@@ -334,13 +353,16 @@ class StreamingLDA(_ClassMeanLearner):
         self._weights_version = -1
 
     def _params(self) -> dict[str, Any]:
-        return {"shrinkage": self.shrinkage, "streaming_covariance": self.streaming_covariance}
+        return {
+            **super()._params(),
+            "shrinkage": self.shrinkage,
+            "streaming_covariance": self.streaming_covariance,
+        }
 
     def _learn(self, x: np.ndarray, idx: np.ndarray, labels: LabelMap) -> None:
-        means, counts, inverse, batch_mean, weighted_shift = self._merge_means(x, idx, labels.size)
-        if self.streaming_covariance or self.batches_seen == 0:
-            centred = x - batch_mean[inverse]
-            scatter = centred.T @ centred + weighted_shift.T @ weighted_shift
+        covariance = self.streaming_covariance or self.batches_seen == 0
+        means, counts, scatter = self._merge(x, idx, scatter=covariance)
+        if scatter is not None:
             if self._n_cov:
                 scatter += self._scatter
             self._scatter = scatter
@@ -364,9 +386,12 @@ class StreamingLDA(_ClassMeanLearner):
 
     def _current_precision(self) -> np.ndarray:
         if self._precision is None or self._precision_version != self._cov_version:
-            d = self._scatter.shape[0]
-            shrunk = (1.0 - self.shrinkage) * (self._scatter / self._n_cov)
-            shrunk[np.diag_indices(d)] += self.shrinkage
+            if isinstance(self.shrinkage, str):
+                classes = int((self._counts > 0).sum())
+                shrunk, _ = oas_covariance(self._scatter, self._n_cov - classes)
+            else:
+                shrunk = (1.0 - self.shrinkage) * (self._scatter / self._n_cov)
+                shrunk[np.diag_indices(len(shrunk))] += self.shrinkage
             self._precision = np.linalg.inv(shrunk)
             self._precision_version = self._cov_version
         return self._precision
@@ -394,7 +419,7 @@ class StreamingLDA(_ClassMeanLearner):
 
     def _load(self, state: dict[str, Any]) -> None:
         super()._load(state)
-        self._n_cov = int(state["n_cov"])
+        self._n_cov = _count(state, "n_cov")
         d = self.n_features or 0
         self._scatter = _array(
             state["scatter"], np.float64, (d, d) if self._n_cov else (0, 0), "scatter"
