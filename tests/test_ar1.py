@@ -12,7 +12,14 @@ from edge_cl.device.classifier import new_learner
 from edge_cl.device.config import DeviceConfig
 from edge_cl.errors import CheckpointError, FrameError, LabelError, NotFittedError
 from edge_cl.imagenet import head_arrays
-from edge_cl.learner.ar1 import BASELINE_SETTINGS, AR1Star, Cumulative, CWRStar, NaiveFineTune
+from edge_cl.learner.ar1 import (
+    BASELINE_SETTINGS,
+    AR1Star,
+    Cumulative,
+    CWRStar,
+    NaiveFineTune,
+    latent_summary,
+)
 from edge_cl.learner.checkpoint import load_state, save_state
 from edge_cl.learner.gaussian import ClassGaussians
 from edge_cl.learner.layers import BatchRenorm
@@ -126,7 +133,7 @@ def test_latent_layers_train_in_the_first_latent_epochs_only() -> None:
     assert not np.array_equal(one.cw, four.cw)  # ... and trained the output layer
     out = 2 * 2 * 60 * 1280 * 3  # output-only: forward and weight gradient, no input gradient
     assert four.last_update_flops == one.last_update_flops + 3 * out
-    gauss = ClassGaussians.update_flops(60, 320)  # once per batch, whatever the epochs
+    gauss = ClassGaussians.update_flops(60, 640)  # once per batch, whatever the epochs
     assert joint.last_update_flops - gauss == 4 * (one.last_update_flops - gauss)
 
 
@@ -423,7 +430,8 @@ def test_the_gaussian_head_adds_its_lda_scores_to_cwr_logits() -> None:
     g = learner.gaussians
     assert g is not None and plain.gaussians is None
     x = np.concatenate([b[0] for b in batches])
-    means = x.mean(axis=(1, 2))  # the Gaussian head sees each latent's spatial mean
+    means = latent_summary(x)  # the Gaussian head sees each channel's mean and spread
+    assert means.shape == (42, 640) and g.dim == 640
     labels = np.concatenate([learner.labels.transform(b[1]) for b in batches])
     for c in range(3):
         np.testing.assert_allclose(g.means[c], means[labels == c].mean(0), rtol=1e-5, atol=1e-5)
@@ -431,7 +439,7 @@ def test_the_gaussian_head_adds_its_lda_scores_to_cwr_logits() -> None:
     probe, _ = blobs(rng, [0, 1, 2], 3, shape)
     live = learner.labels.transform(learner.classes_)
     cwr = learner._features(probe.copy(), train=False) @ learner.cw[:, live]
-    expected = cwr + g.scores(probe.mean(axis=(1, 2)), live)
+    expected = cwr + g.scores(latent_summary(probe), live)
     np.testing.assert_allclose(learner.decision_function(probe), expected, rtol=1e-5, atol=1e-4)
     assert learner.last_update_flops > plain.last_update_flops  # its statistics are counted
     learner.forget("c1")
@@ -457,6 +465,28 @@ def test_the_gaussian_head_round_trips_and_older_checkpoints_load_without_it(
     save_state(tmp_path / "old.ckpt", meta, {k: v for k, v in arrays.items() if "gauss" not in k})
     old = AR1Star.load(tmp_path / "old.ckpt")  # before the Gaussian head: CWR* alone decides
     assert old.gaussians is None and not old.config.balanced_loss
+
+
+def test_the_gaussian_head_on_the_mean_alone_and_checkpoints_from_before_the_spread(
+    tmp_path: Path,
+) -> None:
+    mean = train_stream(AR1Star(depth="latent", epochs=1, replay_mb=1, gaussian_features="mean"), 3)
+    assert mean.gaussians is not None and mean.gaussians.dim == 320
+    path = tmp_path / "state.ckpt"
+    mean.save(path)
+    meta, arrays = load_state(path)
+    del meta["config"]["gaussian_features"]  # written before the option: the mean alone
+    save_state(tmp_path / "old.ckpt", meta, arrays)
+    old = AR1Star.load(tmp_path / "old.ckpt")
+    probe, _ = blobs(np.random.default_rng(9), [0, 1, 2, 3, 4], 4, (2, 2, 320))
+    assert old.config.gaussian_features == "mean"
+    assert np.array_equal(mean.predict_proba(probe), old.predict_proba(probe))
+    meta["config"]["gaussian_features"] = "mean_std"  # 320-d statistics, 640-d config
+    save_state(tmp_path / "mixed.ckpt", meta, arrays)
+    with pytest.raises(CheckpointError, match="320-d statistics, its config makes 640-d"):
+        AR1Star.load(tmp_path / "mixed.ckpt")
+    with pytest.raises(ValueError, match="gaussian_features must be one of"):
+        AR1Star(gaussian_features="max")
 
 
 def test_balanced_loss_gives_every_class_of_a_batch_the_same_weight() -> None:
@@ -498,7 +528,7 @@ def test_a_large_batch_trains_on_a_bounded_sample_and_the_gaussians_see_it_all()
         x[some], [y[i] for i in some]
     )
     gauss = ClassGaussians.update_flops
-    assert capped.last_update_flops - gauss(60, 320) == small.last_update_flops - gauss(16, 320)
+    assert capped.last_update_flops - gauss(60, 640) == small.last_update_flops - gauss(16, 640)
     assert capped.gaussians is not None and capped.gaussians.counts.tolist() == [30, 30]
     assert capped.past.sum() == 16  # CWR* trained on the sample
     assert capped.memory is not None and len(capped.memory) == 60  # every pattern may be kept

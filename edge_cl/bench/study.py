@@ -35,6 +35,7 @@ from edge_cl.learner.ar1 import (
     Cumulative,
     CWRStar,
     NaiveFineTune,
+    latent_summary,
 )
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
 from edge_cl.learner.labels import Label
@@ -74,8 +75,9 @@ class Learner(Protocol):
 @dataclass(frozen=True)
 class Strategy:
     """A named way to build a learner, and which features it eats: ``latent`` (N, h, w, 320),
-    ``pool`` (the pretrained head's pooled (N, 1280)) or ``latent-mean`` (the latent's spatial
-    mean, (N, 320), what AR1*'s Gaussian head sees)."""
+    ``pool`` (the pretrained head's pooled (N, 1280)) or ``latent-summary`` (what AR1*'s Gaussian
+    head sees of a latent: the mean and standard deviation of each channel over the positions,
+    (N, 640))."""
 
     name: str
     features: str
@@ -173,7 +175,7 @@ def strategies(
         Strategy("cumulative-pool", "pool", cls(Cumulative, "pool")),
         Strategy("ncm", "pool", lambda head, seed: NearestClassMean()),
         Strategy("slda", "pool", lambda head, seed: StreamingLDA()),
-        Strategy("slda-latent", "latent-mean", lambda head, seed: StreamingLDA(shrinkage="oas")),
+        Strategy("slda-latent", "latent-summary", lambda head, seed: StreamingLDA(shrinkage="oas")),
         Strategy("sgd", "pool", lambda head, seed: SGDHead(seed=seed)),
         Strategy("knn", "pool", lambda head, seed: KNNHead()),
     ]
@@ -189,12 +191,16 @@ class Stream:
     test_y: list[Label]
 
 
-def latent_means(stream: Stream) -> Stream:
-    """The same stream with each latent replaced by its spatial mean (N, 320)."""
+def latent_summaries(stream: Stream) -> Stream:
+    """The same stream with each latent replaced by what AR1*'s Gaussian head sees of it
+    (:func:`~edge_cl.learner.ar1.latent_summary` with the default ``gaussian_features``)."""
+    features = AR1Config.gaussian_features
+
+    def summary(x: np.ndarray) -> np.ndarray:
+        return latent_summary(x, features)
+
     return Stream(
-        [(x.mean(axis=(1, 2)), y) for x, y in stream.batches],
-        stream.test_x.mean(axis=(1, 2)),
-        stream.test_y,
+        [(summary(x), y) for x, y in stream.batches], summary(stream.test_x), stream.test_y
     )
 
 
@@ -279,12 +285,12 @@ def evaluation_points(batches: int, count: int) -> set[int]:
 
 def reference_for(features: str) -> str:
     """The cumulative strategy a strategy is measured against: same features, same depth (the
-    latent's spatial mean is measured against retraining at the latent depth).
+    latent's summary is measured against retraining at the latent depth).
 
-    >>> reference_for("pool"), reference_for("latent-mean")
+    >>> reference_for("pool"), reference_for("latent-summary")
     ('cumulative-pool', 'cumulative-latent')
     """
-    return "cumulative-latent" if features == "latent-mean" else f"cumulative-{features}"
+    return "cumulative-latent" if features == "latent-summary" else f"cumulative-{features}"
 
 
 LDA_REFERENCE = "slda"
@@ -504,7 +510,7 @@ def bench(
             views = {
                 "latent": latents,
                 "pool": pooled(latents, pretrained),
-                "latent-mean": latent_means(latents),
+                "latent-summary": latent_summaries(latents),
             }
             points = evaluation_points(len(latents.batches), eval_points)
             if progress is None:

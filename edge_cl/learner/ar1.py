@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 LATENT_CHANNELS = 320
 POOL_CHANNELS = 1280
+SUMMARIES = {"mean": 1, "mean_std": 2}
+"""The summaries of a latent the Gaussian head can see, and their size in channels."""
 BASELINE_SETTINGS: dict[str, Any] = {
     "lr": 0.03,
     "latent_lr_scale": 3.0,
@@ -64,6 +66,21 @@ BASELINE_SETTINGS: dict[str, Any] = {
 and :class:`NaiveFineTune` train with: AR1*'s defaults before the sixth tuning pass, with CWR*
 (or the plain output layer) alone deciding, pinned so that the references AR1* is measured
 against do not move when its own defaults are tuned."""
+
+
+def latent_summary(latents: np.ndarray, features: str = "mean_std") -> np.ndarray:
+    """Each latent ``(N, h, w, C)`` summarised over its ``h * w`` positions: the mean of each
+    channel (``"mean"``, ``(N, C)``), or the mean then the standard deviation
+    (``"mean_std"``, ``(N, 2C)``): what AR1*'s Gaussian head sees, below the layers that train.
+
+    >>> z = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+    >>> latent_summary(z, "mean").tolist(), latent_summary(z).tolist()
+    ([[3.0, 4.0]], [[3.0, 4.0, 2.2360680103302, 2.2360680103302]])
+    """
+    mean: np.ndarray = latents.mean(axis=(1, 2))
+    if features == "mean":
+        return mean
+    return np.concatenate([mean, latents.std(axis=(1, 2))], axis=1)
 
 
 @dataclass(frozen=True)
@@ -114,12 +131,15 @@ class AR1Config:
       Renormalization; on the first batch r_max ramps 1 -> r_max and d_max 0 -> d_max.
     - ``si_lambda``, ``si_max_importance``: Synaptic Intelligence on the latent layers (0: off).
     - ``gaussian_head``: a class-conditional Gaussian with a shared covariance (LDA,
-      :class:`~edge_cl.learner.gaussian.ClassGaussians`) on the spatial mean of each latent
-      (320-d; the pooled features at depth ``pool``), learned in closed form from every pattern
-      of every batch; its log-posterior is added to the CWR* logits, so the prediction is the
-      product of the two posteriors. It needs no replay and no rate, cannot drift, and is what
-      keeps AR1* ahead on class-incremental streams with large batches, where CWR* alone falls
-      far behind (``docs/results/learner_generalisation.md``).
+      :class:`~edge_cl.learner.gaussian.ClassGaussians`) on a summary of each latent
+      (``gaussian_features``; the pooled features at depth ``pool``), learned in closed form
+      from every pattern of every batch; its log-posterior is added to the CWR* logits, so the
+      prediction is the product of the two posteriors. It needs no replay and no rate, cannot
+      drift, and is what keeps AR1* ahead on class-incremental streams with large batches,
+      where CWR* alone falls far behind (``docs/results/learner_generalisation.md``).
+    - ``gaussian_features``: the summary of a latent the Gaussian head sees, over its spatial
+      positions (:func:`latent_summary`): ``"mean"`` (320-d) or ``"mean_std"`` (the mean and
+      the standard deviation of each channel, 640-d).
     - ``balanced_loss``: weight each pattern's loss by the inverse of its class's count in the
       batch (new and replayed patterns together), so that a large batch of new classes does not
       outweigh the replayed ones in the gradient.
@@ -152,6 +172,7 @@ class AR1Config:
     si_lambda: float = 0.0
     si_max_importance: float = 1e-3
     gaussian_head: bool = True
+    gaussian_features: str = "mean_std"
     balanced_loss: bool = True
     unknown_threshold: float = 0.0
     seed: int = 0
@@ -196,6 +217,10 @@ class AR1Config:
             "seed": (self.seed >= 0, ">= 0"),
             "replay_codec": (self.replay_codec in CODECS, f"one of {CODECS}"),
             "replay_policy": (self.replay_policy in POLICIES, f"one of {POLICIES}"),
+            "gaussian_features": (
+                self.gaussian_features in SUMMARIES,
+                f"one of {tuple(SUMMARIES)}",
+            ),
         }
         for name, (ok, what) in ranges.items():
             if not ok:
@@ -247,8 +272,9 @@ class AR1Star:
             )
         self.gaussians: ClassGaussians | None = None
         if self.config.gaussian_head:
-            dim = LATENT_CHANNELS if self.config.depth == "latent" else POOL_CHANNELS
-            self.gaussians = ClassGaussians(dim)
+            latent = self.config.depth == "latent"
+            dim = LATENT_CHANNELS * SUMMARIES[self.config.gaussian_features]
+            self.gaussians = ClassGaussians(dim if latent else POOL_CHANNELS)
         self.si_importance: dict[str, np.ndarray] = {}
         self.si_anchor: dict[str, np.ndarray] = {}
         self._loss_weights: np.ndarray | None = None
@@ -369,9 +395,9 @@ class AR1Star:
         return weights
 
     def _summary(self, x: np.ndarray) -> np.ndarray:
-        """What the Gaussian head sees of each pattern: the spatial mean of a latent (its
+        """What the Gaussian head sees of each pattern: :func:`latent_summary` of a latent (its
         pooled features at depth ``pool``)."""
-        return x.mean(axis=(1, 2)) if x.ndim == 4 else x
+        return latent_summary(x, self.config.gaussian_features) if x.ndim == 4 else x
 
     def _replay_set(self) -> tuple[np.ndarray | None, np.ndarray]:
         if self.memory is None or len(self.memory) == 0:
@@ -698,10 +724,12 @@ class AR1Star:
         meta, arrays = load_state(Path(path), kind=cls.kind, extractor_sha256=extractor_sha256)
         try:
             names = {f.name for f in fields(AR1Config)}
-            # older checkpoints: every position, no Gaussian head, unweighted loss
+            # older checkpoints: every position, no Gaussian head (or one on the mean alone),
+            # unweighted loss
             stored = {
                 "latent_positions": None,
                 "gaussian_head": False,
+                "gaussian_features": "mean",
                 "balanced_loss": False,
                 **meta["config"],
             }
@@ -728,9 +756,15 @@ class AR1Star:
                     {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
                 )
             if learner.gaussians is not None:
-                learner.gaussians = ClassGaussians.from_state_dict(
+                gaussians = ClassGaussians.from_state_dict(
                     {k[6:]: v for k, v in arrays.items() if k.startswith("gauss.")}
                 )
+                if gaussians.dim != learner.gaussians.dim:
+                    raise ValueError(
+                        f"the Gaussian head holds {gaussians.dim}-d statistics, its config "
+                        f"makes {learner.gaussians.dim}-d ones"
+                    )
+                learner.gaussians = gaussians
             if meta["replay"] is not None:
                 state = dict(meta["replay"])
                 state.update({k[7:]: v for k, v in arrays.items() if k.startswith("replay.")})
