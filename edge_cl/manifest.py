@@ -99,11 +99,25 @@ def _grid(raw: dict[str, Any]) -> tuple[float, int] | None:
     return step, zero
 
 
+def _inside(root: Path, name: str, file: object) -> Path:
+    """``root / file`` for a plain relative path inside the models folder; ``ManifestError``
+    for an absolute one or one that climbs out with ``..`` (a manifest names its own files)."""
+    if not isinstance(file, str) or not file:
+        raise ManifestError(f"{name}: file must be a path relative to the manifest, got {file!r}")
+    rel = Path(file)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ManifestError(
+            f"{name}: file {file!r} is not inside the models folder {root}: name it relative "
+            "to manifest.json, without '..'"
+        )
+    return root / rel
+
+
 def _artifact(raw: dict[str, Any], root: Path) -> Artifact:
     prep = raw.get("preprocessing") or {}
     return Artifact(
         name=raw["name"],
-        path=root / raw["file"],
+        path=_inside(root, raw["name"], raw["file"]),
         sha256=raw["sha256"],
         format=raw["format"],
         precision=raw["precision"],

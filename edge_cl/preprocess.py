@@ -1,6 +1,7 @@
 """Camera frame -> model input. The one preprocessing path every caller uses.
 
-A frame of any size (OpenCV BGR or PIL/numpy RGB, uint8 or float in [0, 255]) is resized so its
+A frame of any size up to :data:`MAX_ASPECT` times as long as it is wide (OpenCV BGR or
+PIL/numpy RGB, uint8 or float in [0, 255]) is resized so its
 shorter side is ``resolution / crop_fraction``, centre-cropped to ``resolution`` x ``resolution``
 and normalised to ``(rgb - mean) / std``. Shrinking uses area interpolation (no aliasing on large
 camera frames); enlarging (small images such as CIFAR-10) uses bilinear interpolation.
@@ -18,6 +19,11 @@ import numpy as np
 from PIL import Image
 
 from edge_cl.errors import FrameError
+
+MAX_ASPECT = 32
+"""Longest side over shortest that a frame may have. Beyond it a frame is refused: its short
+side is resized up to the crop size first, so a 1 x 200,000 strip would become 146 x 29 million
+pixels (14 GB); at 32 the resized frame is at most 146 x 4,672 (8 MB as float32)."""
 
 
 @dataclass(frozen=True)
@@ -84,15 +90,23 @@ def preprocess(
     if resolution < 1 or not 0 < crop_fraction <= 1:
         raise FrameError(f"bad resolution {resolution} or crop fraction {crop_fraction}")
     img = check_frame(frame)
+    h, w = img.shape[:2]
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise FrameError(
+            f"a {w}x{h} frame is more than {MAX_ASPECT} times as long as it is wide: no camera "
+            "makes one, and resizing its short side would make a huge image; crop it first"
+        )
     if img.dtype != np.uint8:
         img = np.clip(img, 0, 255).astype(np.float32)
-    h, w = img.shape[:2]
     short = max(resolution, round(resolution / crop_fraction))
     scale = short / min(h, w)
     nh, nw = max(short, round(h * scale)), max(short, round(w * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     if (nh, nw) != (h, w):
-        img = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=interp)
+        try:
+            img = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=interp)
+        except cv2.error as e:  # e.g. out of memory: a bad frame, not a crashed loop
+            raise FrameError(f"cannot resize a {w}x{h} frame: {e}") from e
     top, left = (nh - resolution) // 2, (nw - resolution) // 2
     crop = img[top : top + resolution, left : left + resolution]
     if color == "BGR":

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import socket
 import stat
 import threading
@@ -10,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from edge_cl.device import control
 from edge_cl.device.config import DeviceConfig
-from edge_cl.device.control import ControlError, ControlServer, send_command
-from edge_cl.device.loop import DeviceLoop
+from edge_cl.device.control import MAX_CLIENTS, ControlError, ControlServer, send_command
+from edge_cl.device.loop import DeviceLoop, TeachBuffer
 from edge_cl.learner.ar1 import AR1Star
 from firmware_bridge.sources import SyntheticScene
 
@@ -214,3 +216,69 @@ def test_classification_slows_to_learning_fps_while_the_learner_trains(tmp_path:
     free_rate = len(before) / (before[-1] - before[0])
     assert busy_seconds > 0.5 and free_rate > 4 * config.learning_fps  # the limit binds
     assert len(while_busy) <= busy_seconds * config.learning_fps + 2
+
+
+def test_one_client_too_many_is_told_so_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    path = tmp_path / "ctl.sock"
+    with ControlServer(path, {"ping": lambda req: {"pong": True}}).start():
+        silent = []
+        for _ in range(MAX_CLIENTS):  # each holds a thread and a slot until it leaves
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(path))
+            silent.append(sock)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(path))  # blocking: waits in the backlog until accepted
+            sock.settimeout(60)
+            extra = sock.makefile("rb").readline()
+        assert b"clients are connected: try again later" in extra, extra
+        silent.pop().close()  # one leaves: its slot is freed once the server sees it go
+        for _ in range(1000):
+            reply = send_command(path, {"cmd": "ping"})
+            if reply["ok"]:
+                break
+            threading.Event().wait(0.01)
+        assert reply == {"ok": True, "pong": True}
+        for sock in silent:
+            sock.close()
+
+
+def test_a_request_dripped_a_byte_at_a_time_is_cut_off_at_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "IDLE_TIMEOUT", 0.5)
+    path = tmp_path / "ctl.sock"
+    request = b'{"cmd": "ping", "padding": "' + b"x" * 200 + b'"}\n'
+    server = ControlServer(path, {"ping": lambda req: {"pong": True}})
+    with server.start(), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        sent = 0
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for byte in request:  # 0.05 s a byte: each read is quick, the line is not
+                sock.sendall(bytes([byte]))
+                sent += 1
+                threading.Event().wait(0.05)
+        sock.settimeout(10)
+        assert sent < len(request) or sock.recv(1000) == b"", "the line was served"
+
+
+def test_a_stop_whose_frames_cannot_be_taken_leaves_the_teach_running(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running.scene.show("red cube")
+    assert running.ctl("teach", label="red cube")["ok"]
+    while running.ctl("status")["teach_frames"] < 3:  # frames arrive at 30 a second
+        threading.Event().wait(0.05)
+    take = TeachBuffer.take
+    failures = iter([OSError(24, "Too many open files")])
+
+    def take_once(self: TeachBuffer, target: int) -> Any:  # the OS edge: descriptors run out
+        for error in failures:
+            raise error
+        return take(self, target)
+
+    monkeypatch.setattr(TeachBuffer, "take", take_once)
+    failed = running.ctl("stop")
+    assert not failed["ok"] and "Too many open files" in failed["error"], failed
+    assert running.ctl("status")["teaching"] == "red cube"  # nothing collected was lost
+    stop = running.ctl("stop", wait=True)
+    assert stop["ok"] and stop["classes"] == ["red cube"], stop

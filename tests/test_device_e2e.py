@@ -316,6 +316,9 @@ def test_mcu_requests_are_acked_or_nacked_over_a_pty(tmp_path: Path) -> None:
         frame = mcu.receive(timeout=60)
         assert frame is not None and isinstance(frame.message, Hello)
         mcu.send(Ack(frame.seq))
+        for label in ("mug\x1b[2J", "mug\nERROR"):  # terminal escapes, fake log lines
+            assert ask(TeachStart(label)) == NackReason.MALFORMED
+        assert loop.status()["teaching"] is None
         assert ask(TeachStart("red cube")) is None
         assert ask(TeachStart("mug")) == NackReason.BAD_STATE
         time.sleep(0.5)

@@ -9,6 +9,7 @@ are in ``docs/results/faults.md``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -17,10 +18,12 @@ import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -36,7 +39,7 @@ from edge_cl.device.classifier import Classifier, new_learner, resume_learner
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.control import ControlError, send_command
 from edge_cl.device.loop import DeviceLoop
-from edge_cl.errors import FrameError
+from edge_cl.errors import CheckpointError, FrameError
 from edge_cl.learner.ar1 import AR1Star
 from edge_cl.manifest import Manifest
 from firmware_bridge.protocol import MAX_ENCODED_FRAME, encode
@@ -247,6 +250,91 @@ def test_unusable_checkpoint_is_moved_aside_not_deleted_so_nothing_learned_is_lo
         assert AR1Star.load(aside, extractor_sha256=other).classes_ == learned.classes_
 
 
+def reseal(blob: bytes, edit: Callable[[Any], Any]) -> bytes:
+    """``blob`` with its metadata JSON replaced by ``edit(meta)`` (the arrays' bytes unchanged)
+    and its header's lengths and checksum recomputed: damage the checksum cannot catch."""
+    header = struct.Struct("<8sIIQ32s")
+    magic, version, meta_len, data_len, _ = header.unpack_from(blob)
+    body = blob[header.size :]
+    meta = json.loads(body[:meta_len])
+    edited = edit(meta)
+    meta_bytes = edited if isinstance(edited, bytes) else json.dumps(edited).encode()
+    data = body[meta_len:]
+    digest = hashlib.sha256(meta_bytes + data).digest()
+    return header.pack(magic, version, len(meta_bytes), data_len, digest) + meta_bytes + data
+
+
+def arrays_entry(name: str, value: list[Any]) -> Callable[[Any], Any]:
+    def edit(meta: Any) -> Any:
+        meta["arrays"][name] = value
+        return meta
+
+    return edit
+
+
+def first_column_only(meta: Any) -> Any:  # cw of (1280, 1): too few columns for its labels
+    meta["arrays"]["cw"][1] = [1280, 1]
+    meta["labels"]["labels"].append("ghost")
+    return meta
+
+
+def cw_flat(meta: Any) -> Any:  # the same bytes read as a 1-D cw
+    meta["arrays"]["cw"][1] = [int(np.prod(meta["arrays"]["cw"][1]))]
+    return meta
+
+
+def replay_budget(meta: Any) -> Any:
+    meta["replay"]["max_bytes"] = 2**50
+    return meta
+
+
+def twice(meta: Any) -> Any:
+    meta["labels"]["labels"] = meta["labels"]["labels"] * 2
+    return meta
+
+
+CRAFTED: dict[str, Callable[[Any], Any]] = {
+    "metadata-a-string": lambda meta: "a string",
+    "metadata-a-number": lambda meta: 7,
+    "metadata-nested-50k-deep": lambda meta: b"[" * 50_000 + b"]" * 50_000,
+    "arrays-not-an-object": lambda meta: {**meta, "arrays": [1, 2]},
+    "cw-1-d": cw_flat,
+    "cw-columns-not-the-labels": first_column_only,
+    "replay-budget-2-to-the-50": replay_budget,
+    "a-label-twice": twice,
+    "object-dtype": arrays_entry("cw", ["|O", [2], 0]),
+    "overflowing-shape": arrays_entry("cw", ["<f4", [2**62, 2**62, 16], 0]),
+    "negative-offset": arrays_entry("cw", ["<f4", [1], -4]),
+    "shape-not-a-list": arrays_entry("cw", ["<f4", "1280", 0]),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED)
+def test_a_crafted_checkpoint_with_a_valid_checksum_is_refused_and_moved_aside(
+    tmp_path: Path, manifest: Manifest, case: str
+) -> None:
+    config = DeviceConfig(state_dir=tmp_path, cut="pool")
+    sha = "a" * 64
+    pool_checkpoint(config.checkpoint, sha, "cup")
+    config.checkpoint.write_bytes(reseal(config.checkpoint.read_bytes(), CRAFTED[case]))
+    bad = config.checkpoint.read_bytes()
+    with pytest.raises(CheckpointError):
+        AR1Star.load(config.checkpoint)
+    learner, what = resume_learner(config, sha, manifest)
+    assert learner.classes_ == [] and what.startswith("unusable checkpoint moved to"), what
+    assert (tmp_path / "learner.ckpt.corrupt").read_bytes() == bad
+
+
+def test_a_resealed_but_untouched_checkpoint_still_resumes(
+    tmp_path: Path, manifest: Manifest
+) -> None:
+    config = DeviceConfig(state_dir=tmp_path, cut="pool")
+    pool_checkpoint(config.checkpoint, "a" * 64, "cup")
+    config.checkpoint.write_bytes(reseal(config.checkpoint.read_bytes(), lambda meta: meta))
+    learner, what = resume_learner(config, "a" * 64, manifest)
+    assert what.startswith("resumed") and learner.classes_ == ["cup"], what
+
+
 def test_temporaries_of_writes_cut_short_are_removed_at_start(tmp_path: Path) -> None:
     config = DeviceConfig(state_dir=tmp_path, cut="pool")
     sha = "0" * 64
@@ -302,6 +390,8 @@ def nan_frame() -> np.ndarray:
         (np.full((48, 64, 3), np.inf, np.float32), "NaN or infinite"),
         ([[0, 0, 0]], "must be a numpy array"),
         (None, "must be a numpy array"),
+        (np.zeros((2, 4000, 3), np.uint8), "more than 32 times as long as it is wide"),
+        (np.zeros((200_000, 1, 3), np.uint8), "more than 32 times as long as it is wide"),
     ],
     ids=lambda value: getattr(value, "shape", type(value).__name__),
 )
@@ -315,7 +405,8 @@ def test_bad_frames_raise_frame_error(classifier: Classifier, frame: Any, error:
     [
         np.full((1, 1, 3), 200, np.uint8),
         np.zeros((3000, 4000, 3), np.uint8),  # 36 MB, a 12 MP still
-        np.full((2, 4000, 3), 30, np.uint8),
+        np.full((2, 64, 3), 30, np.uint8),  # 32:1, the longest strip a frame may be
+        np.full((4096, 4096, 3), 30, np.uint8),
         np.full((48, 64, 4), 90, np.uint8),  # RGBA: alpha dropped
         np.full((48, 64, 3), 1e6, np.float64),  # float: clipped to [0, 255]
     ],
@@ -340,6 +431,7 @@ def test_any_array_is_a_latent_or_a_frame_error(classifier: Classifier, frame: n
         frame.ndim == 3
         and frame.size > 0
         and frame.shape[2] in (3, 4)
+        and max(frame.shape[:2]) <= 32 * min(frame.shape[:2])
         and (frame.dtype == np.uint8 or (frame.dtype.kind == "f" and np.isfinite(frame).all()))
     )
     if valid:
@@ -415,6 +507,11 @@ def raw(path: Path, data: bytes) -> dict[str, Any]:
         (b'{"cmd": "teach", "label": "' + b"x" * 60_000 + b'"}\n', "1 to 64 characters"),
         (b'{"cmd": "teach", "label": "' + b"x" * 100_000 + b'"}\n', "longer than 65536 bytes"),
         (b'{"cmd": "teach", "label": "\\ud800"}\n', "is not valid Unicode text"),
+        (b'{"cmd": "teach", "label": "cup\\n[ERROR] fake"}\n', "control characters"),
+        (b'{"cmd": "teach", "label": "cup\\u0000"}\n', "control characters"),
+        (b'{"cmd": "teach", "label": "\\u001b[31mcup"}\n', "control characters"),
+        (b'{"cmd": "teach", "label": "cup\\u0085"}\n', "control characters"),
+        (b'{"cmd": "teach", "label": ' + b"9" * 5000 + b"}\n", "malformed JSON"),
         (b'{"cmd": "teach", "label": ["cup"]}\n', "teach needs a label"),
         (b'{"cmd": "teach", "label": {"name": "cup"}}\n', "teach needs a label"),
         (b'{"cmd": "teach", "label": null}\n', "teach needs a label"),
@@ -464,6 +561,7 @@ def test_any_label_is_taught_or_refused_with_a_label_error(
         fits = 0 < len(received) <= 64 and len(received.encode()) <= 64
     except UnicodeEncodeError:  # a lone surrogate
         fits = False
+    fits = fits and not any(unicodedata.category(c) == "Cc" for c in received)
     assert reply["ok"] is fits, reply
     if fits:
         assert reply["label"] == received

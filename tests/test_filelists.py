@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -82,9 +85,12 @@ def test_string_labels_stay_strings(core50_root: Path, tmp_path: Path) -> None:
     (tmp_path / "train_batch_00_filelist.txt").write_text(
         "s1/o3/C_01_03_004.png plug_adapter\ns1/o12/C_01_12_007.png -3\n"
     )
-    (tmp_path / "test_filelist.txt").write_text("s2/o3/C_02_03_013.png 007\n")
+    (tmp_path / "test_filelist.txt").write_text(
+        "s2/o3/C_02_03_013.png 7\ns2/o3/C_02_03_013.png 007\ns2/o3/C_02_03_013.png +7\n"
+    )
     s = load_filelists(core50_root, tmp_path)
-    assert s.train_batches[0][1] == ["plug_adapter", -3] and s.test[1] == [7]
+    assert s.train_batches[0][1] == ["plug_adapter", -3]
+    assert s.test[1] == [7, "007", "+7"]  # three ways of writing a token, three classes
 
 
 def test_rewriting_a_shorter_scenario_removes_stale_batches(tmp_path: Path) -> None:
@@ -142,7 +148,22 @@ GOOD = "s1/o3/C_01_03_004.png 2\n"
             GOOD,
             "two filelists for train batch 1",
         ),
-        ({"train_batch_00_filelist.txt": "/etc/passwd 0\n"}, GOOD, "is absolute"),
+        ({"train_batch_00_filelist.txt": "/etc/passwd 0\n"}, GOOD, "is not inside the image root"),
+        (
+            {"train_batch_00_filelist.txt": GOOD + "s1/../../../etc/passwd 0\n"},
+            GOOD,
+            "train_batch_00_filelist.txt:2: image path 's1/../../../etc/passwd' is not inside",
+        ),
+        (
+            {"train_batch_00_filelist.txt": GOOD + "s1/o3/C_01_03_004.png " + "9" * 5000 + "\n"},
+            GOOD,
+            "train_batch_00_filelist.txt:2: a label must have 1 to 64 characters, got 5000",
+        ),
+        (
+            {"train_batch_00_filelist.txt": GOOD, f"train_batch_{10**12}_filelist.txt": GOOD},
+            GOOD,
+            "train batches [1] are missing",
+        ),
         (
             {"train_batch_00_filelist.txt": GOOD + "s1/o3/C_01_03_999.png 2\n"},
             GOOD,
@@ -191,3 +212,22 @@ def test_scenario_rejects_inconsistent_or_unwritable_batches(tmp_path: Path) -> 
         write_filelists(s, tmp_path / "out")
     with pytest.raises(DatasetError, match="no train batches"):
         write_filelists(Scenario("x", tmp_path, [], (["c.png"], [0])), tmp_path / "out")
+
+
+def test_a_fifo_named_like_a_filelist_is_refused_not_waited_on(
+    core50_root: Path, tmp_path: Path
+) -> None:
+    folder = write(tmp_path / "lists", {"train_batch_00_filelist.txt": GOOD})
+    fifo = folder / "train_batch_01_filelist.txt"
+    os.mkfifo(fifo)
+
+    def feed() -> None:  # blocks until a reader opens the FIFO: reading it would succeed
+        with contextlib.suppress(BrokenPipeError):  # the reader below closes at once
+            fifo.write_text(GOOD)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    with pytest.raises(DatasetError, match=r"train_batch_01_filelist\.txt is not a regular file"):
+        load_filelists(core50_root, folder)
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # let the writer finish
+    writer.join()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -9,11 +10,12 @@ import pytest
 
 from edge_cl.device.classifier import Classifier, Verdict, new_learner, resume_learner
 from edge_cl.device.config import DeviceConfig
-from edge_cl.device.worker import LearnerWorker
+from edge_cl.device.worker import MAX_QUEUED_UPDATES, JobResult, LearnerWorker, WorkerBusy
 from edge_cl.learner.ar1 import AR1Star
 from edge_cl.learner.registry import learner_depth, learner_name, load_learner
 from edge_cl.manifest import Manifest
 from edge_cl.preprocess import read_image
+from firmware_bridge.protocol import LearnerState
 
 OBJECTS = ("obj3", "obj11", "obj25", "obj40")
 
@@ -225,3 +227,45 @@ def test_an_ar1_checkpoint_under_a_pooled_learner_keeps_the_latent_cut(
     assert what.startswith(f"resumed {ar1.checkpoint}: ar1 at depth latent, 1 classes")
     assert resumed.predict(latents["obj3"][30:]) == ["obj3"] * 6
     assert ncm.checkpoint.exists()  # never moved aside
+
+
+def test_the_queue_is_bounded_and_repeated_saves_are_one_write(
+    pooled: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """A flood of requests while the learner is held busy: at most MAX_QUEUED_UPDATES updates
+    wait (the rest are refused with WorkerBusy), the teach in progress is always admitted, and
+    500 SAVEs queue one write, so what a stop must finish is bounded."""
+    clf = Classifier.open(DeviceConfig(state_dir=tmp_path, learner="ncm"))
+    running, release = threading.Event(), threading.Event()
+
+    def hold_the_first_job(state: LearnerState) -> None:  # runs on the learner's thread
+        if state == LearnerState.LEARNING and not running.is_set():
+            running.set()
+            release.wait(120)
+
+    results: list[JobResult] = []
+    worker = LearnerWorker(
+        clf, tmp_path / "learner.ckpt", on_state=hold_the_first_job, on_result=results.append
+    ).start()
+    try:
+        first = worker.learn("obj3", pooled["obj3"])
+        assert running.wait(60)
+        queued = [
+            worker.learn(f"queued{i}", pooled[OBJECTS[i % 4]]) for i in range(MAX_QUEUED_UPDATES)
+        ]
+        assert not worker.has_room()
+        with pytest.raises(WorkerBusy, match="updates waiting"):
+            worker.learn("refused", pooled["obj40"])
+        with pytest.raises(WorkerBusy):
+            worker.forget("obj3")
+        teach = worker.learn("teach", pooled["obj40"][:5], reserved=True)
+        saves = {id(worker.save()) for _ in range(500)}
+        assert len(saves) == 1
+    finally:
+        release.set()
+    assert worker.wait_idle(120)
+    worker.stop()
+    assert all(f.result().ok for f in [first, *queued, teach])
+    assert [r.job for r in results].count("save") == 1
+    queued_labels = [f"queued{i}" for i in range(MAX_QUEUED_UPDATES)]
+    assert clf.learner.classes_ == ["obj3", *queued_labels, "teach"]

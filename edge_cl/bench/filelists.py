@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_cl.errors import DatasetError
+from edge_cl.errors import DatasetError, LabelError
+from edge_cl.learner.labels import check_label
 
 Label = str | int
 Split = tuple[list[str], list[Label]]
@@ -28,16 +29,18 @@ Split = tuple[list[str], list[Label]]
 TEST_FILE = "test_filelist.txt"
 META_FILE = "scenario.json"
 _BATCH_RE = re.compile(r"train_batch_(\d+)_filelist\.txt")
-_INT_RE = re.compile(r"[+-]?[0-9]+")
+_INT_RE = re.compile(r"-?(0|[1-9][0-9]{0,17})")
 
 
 def parse_label(token: str) -> Label:
-    """A label token as an ``int`` if it is a decimal integer (as in CORe50), else the ``str``.
+    """A label token as an ``int`` if it is a decimal integer written the one way Python writes
+    it (as in CORe50), else the ``str``: ``007``, ``+7`` and ``7`` stay three classes.
+    ``LabelError`` if it is no usable label (:func:`~edge_cl.learner.labels.check_label`).
 
-    >>> parse_label("7"), parse_label("cup")
-    (7, 'cup')
+    >>> parse_label("7"), parse_label("cup"), parse_label("007"), parse_label("+7")
+    (7, 'cup', '007', '+7')
     """
-    return int(token) if _INT_RE.fullmatch(token) else token
+    return check_label(int(token) if _INT_RE.fullmatch(token) else token)
 
 
 def batch_filename(index: int, batches: int) -> str:
@@ -118,6 +121,8 @@ class Scenario:
 
 def _parse_filelist(path: Path) -> tuple[list[str], list[Label], list[int]]:
     """Paths, labels and line numbers of one filelist; ``DatasetError`` on a malformed line."""
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise DatasetError(f"filelist {path} is not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -134,13 +139,16 @@ def _parse_filelist(path: Path) -> tuple[list[str], list[Label], list[int]]:
                 f"{path}:{number}: expected 'relative/path/to/image label', got {line!r}"
             )
         rel, label = tokens
-        if os.path.isabs(rel):
+        if os.path.isabs(rel) or ".." in Path(rel).parts:
             raise DatasetError(
-                f"{path}:{number}: image path {rel!r} is absolute; filelist paths are relative "
-                "to the image root"
+                f"{path}:{number}: image path {rel!r} is not inside the image root; filelist "
+                "paths are relative to it, without '..'"
             )
+        try:
+            labels.append(parse_label(label))
+        except LabelError as e:
+            raise DatasetError(f"{path}:{number}: {e}") from e
         paths.append(rel)
-        labels.append(parse_label(label))
         lines.append(number)
     if not paths:
         raise DatasetError(f"filelist {path} lists no images")
@@ -205,9 +213,9 @@ def load_filelists(
         raise DatasetError(
             f"{folder} holds no train_batch_XX_filelist.txt: not a CORe50-format filelist folder"
         )
-    gaps = sorted(set(range(max(numbered) + 1)) - set(numbered))
+    gaps = [i for i in range(len(numbered)) if i not in numbered][:5]  # not range(max + 1)
     if gaps:
-        raise DatasetError(f"{folder}: train batches {gaps[:5]} are missing (incomplete copy?)")
+        raise DatasetError(f"{folder}: train batches {gaps} are missing (incomplete copy?)")
     test_path = folder / TEST_FILE
     if not test_path.is_file():
         raise DatasetError(f"{folder} has no {TEST_FILE}")

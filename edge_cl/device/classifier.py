@@ -18,9 +18,9 @@ import numpy as np
 
 from edge_cl.backends import RUNTIME_FORMATS, Extractor, open_extractor
 from edge_cl.device.config import DeviceConfig
-from edge_cl.errors import CheckpointError, ManifestError, MissingExtraError
+from edge_cl.errors import CheckpointError, EdgeClError, ManifestError
 from edge_cl.imagenet import head_arrays
-from edge_cl.learner.ar1 import AR1Star
+from edge_cl.learner.ar1 import LATENT_CHANNELS, POOL_CHANNELS, AR1Star
 from edge_cl.learner.checkpoint import remove_leftovers
 from edge_cl.learner.labels import Label
 from edge_cl.learner.protocol import Learner
@@ -96,6 +96,13 @@ def _load_checkpoint(config: DeviceConfig, extractor_sha256: str, manifest: Mani
             f"loaded one ({str(expected)[:16]}...): its features mean something else. Start a "
             "new state or load the matching model"
         )
+    side = config.resolution // 32
+    probe = np.zeros((1, side, side, LATENT_CHANNELS) if depth == "latent" else (1, POOL_CHANNELS))
+    try:
+        if learner.classes_:  # with none, it predicts nothing and the loop says so
+            learner.decision_function(probe.astype(np.float32))
+    except Exception as e:  # a state that loads but cannot predict would crash the first frame
+        raise CheckpointError(f"{path} loads but cannot predict: {e!r}") from e
     return learner
 
 
@@ -131,15 +138,16 @@ def resume_learner(
         return new_learner(config, extractor_sha256, manifest), f"no checkpoint at {path}: new"
     try:
         learner = _load_checkpoint(config, extractor_sha256, manifest)
-    except (CheckpointError, MissingExtraError) as e:
+    except Exception as e:  # whatever a crafted file provokes, it must not crash-loop the service
         aside = path.with_name(path.name + ".corrupt")
         n = 0
         while aside.exists():  # a wrong-extractor file still holds what was learned: keep each
             n += 1
             aside = path.with_name(f"{path.name}.corrupt.{n}")
         os.replace(path, aside)
-        log.error("unusable checkpoint %s (%s): moved it to %s, starting fresh", path, e, aside)
-        what = f"unusable checkpoint moved to {aside} ({e}): new learner"
+        reason = str(e) if isinstance(e, EdgeClError) else repr(e)
+        log.error("unusable checkpoint %s (%s): moved to %s, starting fresh", path, reason, aside)
+        what = f"unusable checkpoint moved to {aside} ({reason}): new learner"
         return new_learner(config, extractor_sha256, manifest), what
     name, depth = learner_name(learner), learner_depth(learner)
     if (name, depth) != (config.learner, config.cut):

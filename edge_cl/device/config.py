@@ -41,6 +41,11 @@ log = logging.getLogger("edge_cl.device")
 CHECKPOINT_NAME = "learner.ckpt"
 SOCKET_NAME = "edge-cl.sock"
 """The control socket's name in ``$XDG_RUNTIME_DIR``; in ``state_dir`` it is ``control.sock``."""
+MAX_RESOLUTION = 1024
+MAX_THREADS = 64
+MAX_TEACH_FRAMES = 2000
+MAX_CAPTURE_SIDE = 8192
+"""Upper bounds of the numeric keys: beyond them a setting is a typo, not a device."""
 MOVED_KEYS = ("replay_mb", "replay_per_epoch", "replay_grid", "epochs")
 """Flat keys of earlier versions, now options of the learner (``learner.KEY``)."""
 
@@ -145,9 +150,19 @@ class DeviceConfig:
         need(self.cut in ("auto", "latent", "pool"), "cut", "must be 'auto', 'latent' or 'pool'")
         need(self.runtime in RUNTIME_FORMATS, "runtime", f"choose one of {sorted(RUNTIME_FORMATS)}")
         need(self.precision in ("fp32", "int8"), "precision", "must be 'fp32' or 'int8'")
-        need(self.resolution >= 32 and self.resolution % 32 == 0, "resolution", "multiple of 32")
+        need(
+            32 <= self.resolution <= MAX_RESOLUTION and self.resolution % 32 == 0,
+            "resolution",
+            f"a multiple of 32 from 32 to {MAX_RESOLUTION}",
+        )
         for key in ("threads", "teach_max_frames", "teach_target_frames", "baudrate"):
             need(getattr(self, key) >= 1, key, "must be >= 1")
+        need(self.threads <= MAX_THREADS, "threads", f"must be <= {MAX_THREADS}")
+        need(
+            self.teach_max_frames <= MAX_TEACH_FRAMES,
+            "teach_max_frames",
+            f"must be <= {MAX_TEACH_FRAMES} (each kept frame is a latent held in memory)",
+        )
         need(
             self.teach_target_frames <= self.teach_max_frames,
             "teach_target_frames",
@@ -161,7 +176,11 @@ class DeviceConfig:
             need(getattr(self, key) is None or getattr(self, key) > 0, key, "must be > 0")
         need(self.max_frames is None or self.max_frames >= 1, "max_frames", "must be >= 1")
         size = self.capture_size
-        need(size is None or min(size) >= 1, "capture_size", "width and height must be >= 1")
+        need(
+            size is None or 1 <= min(size) <= max(size) <= MAX_CAPTURE_SIDE,
+            "capture_size",
+            f"width and height must be from 1 to {MAX_CAPTURE_SIDE}",
+        )
         self._check_learner()
 
     def _check_learner(self) -> None:

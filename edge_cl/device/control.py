@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +28,10 @@ log = logging.getLogger("edge_cl.device")
 MAX_LINE = 64 * 1024
 """Longest request line accepted, in bytes."""
 IDLE_TIMEOUT = 60.0
-"""Seconds a client connection may stay silent before the server closes it."""
+"""Seconds the server waits for each whole request line (from the end of the previous reply):
+a client that is silent, or sends a byte now and then, is closed after it."""
+MAX_CLIENTS = 16
+"""Connections served at once; one more is told so and closed (one thread per connection)."""
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 """A command: the request in, the reply's fields out; raises ``EdgeClError`` to refuse."""
@@ -79,6 +83,7 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
 
     def start(self) -> ControlServer:
         """Bind (mode 0600 before anyone can connect), listen, serve in a thread; returns self."""
@@ -128,7 +133,7 @@ class ControlServer:
         """
         try:
             request = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # too deep
+        except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, 4300+ digits, too deep
             return _refuse(f'malformed JSON ({e}): send one object per line, {{"cmd": "status"}}')
         if not isinstance(request, dict):
             return _refuse(
@@ -161,26 +166,61 @@ class ControlServer:
                 log.error("control socket accept failed: %s", e)
                 self._closed.wait(0.5)
                 continue
-            threading.Thread(
-                target=self._serve, args=(conn,), name="edge-cl-control-client", daemon=True
-            ).start()
+            if not self._slots.acquire(blocking=False):
+                with conn, contextlib.suppress(OSError):
+                    conn.settimeout(1.0)
+                    busy = _refuse(f"{MAX_CLIENTS} clients are connected: try again later")
+                    conn.sendall(json.dumps(busy).encode() + b"\n")
+                continue
+            try:
+                threading.Thread(
+                    target=self._serve, args=(conn,), name="edge-cl-control-client", daemon=True
+                ).start()
+            except RuntimeError as e:  # no thread to be had: refuse this one, keep serving
+                self._slots.release()
+                conn.close()
+                log.error("control socket: cannot serve a client: %s", e)
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(IDLE_TIMEOUT)
-        with conn, contextlib.suppress(OSError), conn.makefile("rb") as reader:
-            while not self._closed.is_set():
-                line = reader.readline(MAX_LINE + 1)
-                if not line:
-                    return
-                if len(line) > MAX_LINE:
-                    reply = _refuse(f"request longer than {MAX_LINE} bytes")
-                elif not line.strip():
-                    continue
-                else:
-                    reply = self.dispatch(line)
-                conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
-                if len(line) > MAX_LINE:
-                    return
+        try:
+            with conn, contextlib.suppress(OSError):
+                pending = b""
+                while not self._closed.is_set():
+                    line, pending = _read_line(conn, pending, time.monotonic() + IDLE_TIMEOUT)
+                    if line is None:
+                        return
+                    if len(line) > MAX_LINE:
+                        reply = _refuse(f"request longer than {MAX_LINE} bytes")
+                    elif not line.strip():
+                        continue
+                    else:
+                        reply = self.dispatch(line)
+                    conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
+                    if len(line) > MAX_LINE:
+                        return
+        finally:
+            self._slots.release()
+
+
+def _read_line(conn: socket.socket, pending: bytes, deadline: float) -> tuple[bytes | None, bytes]:
+    """The next request line (up to ``MAX_LINE + 1`` bytes, newline included) and what followed
+    it; ``(None, b"")`` when the client closed, or the line did not arrive by ``deadline``."""
+    while b"\n" not in pending[: MAX_LINE + 1]:
+        if len(pending) > MAX_LINE:
+            return pending[: MAX_LINE + 1], b""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None, b""
+        conn.settimeout(remaining)
+        try:
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            return None, b""
+        if not chunk:
+            return (pending or None), b""
+        pending += chunk
+    line, _, rest = pending.partition(b"\n")
+    return line + b"\n", rest
 
 
 def _refuse(error: str) -> dict[str, Any]:

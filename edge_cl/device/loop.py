@@ -29,7 +29,7 @@ from edge_cl.device.config import DeviceConfig
 from edge_cl.device.control import ControlServer, Handler
 from edge_cl.device.mcu import McuBridge
 from edge_cl.device.outputs import MjpegPreview, memory_mb, sd_notify, watchdog_period
-from edge_cl.device.worker import JobResult, LearnerWorker
+from edge_cl.device.worker import MAX_QUEUED_UPDATES, JobResult, LearnerWorker, WorkerBusy
 from edge_cl.errors import EdgeClError, FrameError, LabelError
 from edge_cl.learner.labels import Label, check_label
 from edge_cl.learner.protocol import replay_memory
@@ -154,6 +154,7 @@ class DeviceLoop:
         self._stopping = threading.Event()
         self._stopped_by = ""
         self._lock = threading.Lock()
+        self._stop_lock = threading.Lock()  # one stop_teach at a time (MCU and socket)
         self._teach: TeachBuffer | None = None
         self._state = LearnerState.IDLE
         self._latest: dict[str, Any] | None = None
@@ -180,6 +181,11 @@ class DeviceLoop:
             raise LabelError(f"label {label!r} is not valid Unicode text: {e.reason}") from e
         if size > MAX_LABEL_BYTES:
             raise LabelError(f"label {label!r} is longer than {MAX_LABEL_BYTES} bytes of UTF-8")
+        if self.worker is not None and not self.worker.has_room():
+            raise WorkerBusy(
+                f"cannot teach {checked!r} now: the learner has {MAX_QUEUED_UPDATES} updates "
+                "waiting; try again when it is idle"
+            )
         with self._lock:
             if self._teach is not None:
                 raise TeachError(
@@ -192,23 +198,37 @@ class DeviceLoop:
 
     def stop_teach(self) -> tuple[Future[JobResult] | None, dict[str, Any]]:
         """Stop collecting and queue the learning; the job's future (None if no frame came)
-        and what was collected. ``TeachError`` if not teaching."""
-        with self._lock:
-            buffer, self._teach = self._teach, None
-        if buffer is None:
-            raise TeachError("not teaching: start with teach LABEL")
-        info: dict[str, Any] = {"label": buffer.label, "frames": buffer.seen, "kept": len(buffer)}
-        future = None
-        if len(buffer) == 0:
-            log.warning("teach %r: no frame arrived while teaching, nothing learned", buffer.label)
-        else:
-            latents = buffer.take(self.config.teach_target_frames)
-            info["used"] = len(latents)
-            assert self.worker is not None
+        and what was collected. ``TeachError`` if not teaching. The teach ends only once its
+        learning is queued: if taking its frames fails, it goes on and a stop can be retried."""
+        with self._stop_lock:
             with self._lock:
-                self._queued_teaches.append(info)
-            future = self.worker.learn(buffer.label, latents, since=time.monotonic())
-            log.info("teach %r: learning %d of %d frames", buffer.label, len(latents), buffer.seen)
+                buffer = self._teach
+            if buffer is None:
+                raise TeachError("not teaching: start with teach LABEL")
+            info: dict[str, Any] = {
+                "label": buffer.label,
+                "frames": buffer.seen,
+                "kept": len(buffer),
+            }
+            future = None
+            if len(buffer) == 0:
+                log.warning(
+                    "teach %r: no frame arrived while teaching, nothing learned", buffer.label
+                )
+            else:
+                latents = buffer.take(self.config.teach_target_frames)
+                info["used"] = len(latents)
+                assert self.worker is not None
+                future = self.worker.learn(
+                    buffer.label, latents, since=time.monotonic(), reserved=True
+                )
+                with self._lock:
+                    self._queued_teaches.append(info)
+                log.info(
+                    "teach %r: learning %d of %d frames", buffer.label, len(latents), buffer.seen
+                )
+            with self._lock:
+                self._teach = None
         self._publish_state()
         return future, info
 
@@ -316,6 +336,8 @@ class DeviceLoop:
                 return NackReason.BAD_STATE
             except LabelError:
                 return NackReason.MALFORMED
+            except WorkerBusy:
+                return NackReason.BUSY
         elif isinstance(message, TeachStop):
             try:
                 future, info = self.stop_teach()
@@ -330,7 +352,10 @@ class DeviceLoop:
             label = self.known(message.label)
             if label is None:
                 return NackReason.UNKNOWN_LABEL
-            self.worker.forget(label)
+            try:
+                self.worker.forget(label)
+            except WorkerBusy:
+                return NackReason.BUSY
         else:
             return NackReason.UNSUPPORTED
         return None

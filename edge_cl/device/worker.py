@@ -63,6 +63,16 @@ class JobResult:
     failed_at: str | None = None
 
 
+MAX_QUEUED_UPDATES = 3
+"""Learn and forget jobs that may wait behind the running one. Beyond it a forget, or a learn
+not ``reserved``, raises :class:`WorkerBusy` (the MCU hears NACK BUSY, the socket an error), so
+a flood of requests cannot queue minutes of work that a stop must finish."""
+
+
+class WorkerBusy(EdgeClError):
+    """The learner has :data:`MAX_QUEUED_UPDATES` jobs waiting: try again when it is idle."""
+
+
 @dataclass
 class _Job:
     kind: str
@@ -114,6 +124,8 @@ class LearnerWorker:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._idle = threading.Condition()
         self._pending = 0
+        self._waiting_updates = 0  # learn / forget jobs queued, not yet started
+        self._queued_save: Future[JobResult] | None = None  # a save not yet started
         self._state = LearnerState.IDLE
         self._dirty = False
         self._thread = threading.Thread(target=self._run, name="edge-cl-learner", daemon=True)
@@ -159,32 +171,71 @@ class LearnerWorker:
 
     # --------------------------------------------------------------------------------- jobs
     def learn(
-        self, label: Label, latents: np.ndarray, since: float | None = None
+        self,
+        label: Label,
+        latents: np.ndarray,
+        since: float | None = None,
+        *,
+        reserved: bool = False,
     ) -> Future[JobResult]:
         """Queue one batch of ``latents`` of ``label``; ``since`` is the label event's
-        ``time.monotonic()`` (default: now)."""
-        return self._submit("learn", label, latents, since)
+        ``time.monotonic()`` (default: now). ``WorkerBusy`` if :data:`MAX_QUEUED_UPDATES` jobs
+        wait, unless ``reserved``: the device's one teach in progress, admitted when it started
+        (:meth:`has_room`), is never refused at its stop, so its frames are never lost."""
+        return self._submit("learn", label, latents, since, reserved=reserved)
 
     def forget(self, label: Label) -> Future[JobResult]:
-        """Queue forgetting ``label``."""
+        """Queue forgetting ``label``; ``WorkerBusy`` if :data:`MAX_QUEUED_UPDATES` jobs wait."""
         return self._submit("forget", label, None, None)
 
     def save(self) -> Future[JobResult]:
-        """Queue writing the checkpoint of the model in use."""
-        return self._submit("save", None, None, None)
+        """Queue writing the checkpoint of the model in use. A save already waiting serves
+        this request too (its future is returned): repeated SAVEs cost one write."""
+        with self._idle:
+            if self._queued_save is not None:
+                return self._queued_save
+            future = self._submit_locked("save", None, None, None)
+            self._queued_save = future
+            return future
+
+    def has_room(self) -> bool:
+        """Whether a learn or forget would be queued now (fewer than the maximum waiting)."""
+        with self._idle:
+            return self._waiting_updates < MAX_QUEUED_UPDATES
 
     def _submit(
+        self,
+        kind: str,
+        label: Label | None,
+        latents: np.ndarray | None,
+        since: float | None,
+        reserved: bool = False,
+    ) -> Future[JobResult]:
+        with self._idle:
+            if not reserved and self._waiting_updates >= MAX_QUEUED_UPDATES:
+                raise WorkerBusy(
+                    f"the learner has {self._waiting_updates} updates waiting: try again when "
+                    "it is idle (status shows learner_state)"
+                )
+            self._waiting_updates += 1
+            return self._submit_locked(kind, label, latents, since)
+
+    def _submit_locked(
         self, kind: str, label: Label | None, latents: np.ndarray | None, since: float | None
     ) -> Future[JobResult]:
         future: Future[JobResult] = Future()
-        with self._idle:
-            self._pending += 1
+        self._pending += 1
         self._queue.put(_Job(kind, label, latents, since or time.monotonic(), future))
         return future
 
     # ------------------------------------------------------------------------------- thread
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
+            with self._idle:
+                if job.kind == "save":
+                    self._queued_save = None  # a save asked for from now on writes anew
+                else:
+                    self._waiting_updates -= 1
             try:
                 result = self._do(job)
             except Exception as e:  # a bug must not kill the service's only learner thread

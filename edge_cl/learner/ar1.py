@@ -46,6 +46,7 @@ from edge_cl.learner.layers import (
 )
 from edge_cl.learner.protocol import check_batch, check_labels
 from edge_cl.learner.replay import CODECS, POLICIES, ReplayMemory, check_grid
+from edge_cl.learner.replay import MAX_BYTES as MAX_REPLAY_BYTES
 
 if TYPE_CHECKING:
     from typing import Self
@@ -202,6 +203,8 @@ class AR1Config:
         for name in ("lr_first", "lr", "replay_mb", "weight_decay", "si_lambda", "latent_lr_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.replay_mb > MAX_REPLAY_BYTES / 2**20:
+            raise ValueError(f"replay_mb must be <= {MAX_REPLAY_BYTES >> 20}, got {self.replay_mb}")
         object.__setattr__(self, "replay_grid", check_grid(self.replay_grid, self.replay_codec))
         if not 0.0 <= self.unknown_threshold <= 1.0:
             raise ValueError(f"unknown_threshold must be in [0, 1], got {self.unknown_threshold}")
@@ -739,8 +742,15 @@ class AR1Star:
             learner.batches_seen = int(meta["batches_seen"])
             learner.rng.bit_generator.state = meta["rng"]
             learner.total_flops = int(meta["total_flops"])
-            learner.cw = arrays["cw"].astype(np.float32)
-            learner.past = arrays["past"].astype(np.int64)
+            slots = learner.labels.size
+            cw, past = arrays["cw"], arrays["past"]
+            if cw.shape != (POOL_CHANNELS, slots) or past.shape != (slots,):
+                raise ValueError(
+                    f"output weights {cw.shape} and counts {past.shape} do not fit "
+                    f"({POOL_CHANNELS}, {slots}) and ({slots},) for its {slots} label slots"
+                )
+            learner.cw = cw.astype(np.float32)
+            learner.past = past.astype(np.int64)
             learner.output = Linear(POOL_CHANNELS, learner.cw.shape[1], weight=learner.cw.copy())
             for i, layer in enumerate(learner.latent):
                 prefix = f"latent.{i}."
@@ -770,8 +780,8 @@ class AR1Star:
                 state.update({k[7:]: v for k, v in arrays.items() if k.startswith("replay.")})
                 learner.memory = ReplayMemory.from_state_dict(state)
             learner._load_extra(arrays)
-        except (KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{path} does not hold a usable {cls.kind} state: {e}") from e
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError) as e:
+            raise CheckpointError(f"{path} does not hold a usable {cls.kind} state: {e!r}") from e
         return learner
 
 

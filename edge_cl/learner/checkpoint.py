@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -151,16 +152,17 @@ def load_state(
         raise CheckpointError(f"{p} is corrupt: checksum mismatch")
     try:
         meta = json.loads(bytes(body[:meta_len]))
+        if not isinstance(meta, dict) or not isinstance(meta.get("arrays"), dict):
+            raise ValueError("the metadata must be a JSON object with an 'arrays' object")
         data = body[meta_len:]
         arrays = {}
-        for name, (dtype, shape, offset) in meta.pop("arrays").items():
-            dt = np.dtype(dtype)
-            count = int(np.prod(shape, dtype=np.int64))
-            if offset < 0 or offset + count * dt.itemsize > len(data):
+        for name, entry in meta.pop("arrays").items():
+            dt, shape, offset = _array_entry(name, entry)
+            count = math.prod(shape)  # Python ints: a crafted shape cannot overflow
+            if offset + count * dt.itemsize > len(data):
                 raise ValueError(f"array {name!r} lies outside the data")
-            arr = np.frombuffer(data, dt, count, offset).reshape(shape)
-            arrays[name] = arr.copy()
-    except (ValueError, TypeError, KeyError, json.JSONDecodeError) as e:
+            arrays[name] = np.frombuffer(data, dt, count, offset).reshape(shape).copy()
+    except (ValueError, TypeError, KeyError, RecursionError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{p} has malformed metadata: {e}") from e
     if kind is not None and meta.get("kind") != kind:
         raise CheckpointError(f"{p} holds a {meta.get('kind')!r}, not a {kind!r}")
@@ -171,3 +173,23 @@ def load_state(
             "new state or load the matching model"
         )
     return meta, arrays
+
+
+def _array_entry(name: str, entry: object) -> tuple[np.dtype[Any], tuple[int, ...], int]:
+    """One ``arrays`` entry of the metadata, ``[dtype, shape, offset]``, checked; ValueError if
+    it is not one (an object dtype, a negative or non-integer size or offset)."""
+    if not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str):
+        raise ValueError(f"array {name!r} must be [dtype, shape, offset], got {entry!r:.80}")
+    dtype, shape, offset = entry
+    dt = np.dtype(dtype)
+    if dt.hasobject or dt.itemsize == 0:
+        raise ValueError(f"array {name!r} has dtype {dt}, which a checkpoint never holds")
+
+    def natural(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(shape, list) or len(shape) > 32 or not all(natural(n) for n in shape):
+        raise ValueError(f"array {name!r} has shape {shape!r:.80}, not a list of sizes")
+    if not natural(offset):
+        raise ValueError(f"array {name!r} has offset {offset!r:.80}, not a byte offset")
+    return dt, tuple(shape), offset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,13 +15,28 @@ MAX_LABEL_LENGTH = 64
 
 
 def check_label(label: object) -> Label:
-    """Validate one label: a non-empty str of at most 64 characters, or an int (not bool)."""
+    """Validate one label: a str of 1 to 64 printable characters (no control characters: a
+    label is logged, shown and sent to the MCU), or an int (not bool) of at most 64 bits.
+
+    >>> check_label("red mug"), check_label(7)
+    ('red mug', 7)
+    >>> check_label("mug\\n[ERROR] x")
+    Traceback (most recent call last):
+    ...
+    edge_cl.errors.LabelError: a label must not hold control characters, got 'mug\\n[ERROR] x'
+    """
     if isinstance(label, np.integer):
         label = int(label)
     if isinstance(label, bool) or not isinstance(label, str | int):
         raise LabelError(f"a label must be a str or an int, got {type(label).__name__}")
-    if isinstance(label, str) and not 0 < len(label) <= MAX_LABEL_LENGTH:
+    if isinstance(label, int):
+        if not -(2**63) <= label < 2**63:
+            raise LabelError("an int label must fit in 64 bits")
+        return label
+    if not 0 < len(label) <= MAX_LABEL_LENGTH:
         raise LabelError(f"a label must have 1 to {MAX_LABEL_LENGTH} characters, got {len(label)}")
+    if any(unicodedata.category(c) == "Cc" for c in label):
+        raise LabelError(f"a label must not hold control characters, got {label!r}")
     return label
 
 
@@ -100,9 +116,14 @@ class LabelMap:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> LabelMap:
         """Rebuild from :meth:`state_dict`."""
+        labels = state["labels"]
+        if not isinstance(labels, list):
+            raise ValueError(f"labels must be a list, got {type(labels).__name__}")
         m = cls()
-        for i, lab in enumerate(state["labels"]):
+        for i, lab in enumerate(labels):
             m._labels.append(lab)
             if lab is not None:
+                if lab in m._index:
+                    raise ValueError(f"label {lab!r} appears twice")
                 m._index[check_label(lab)] = i
         return m

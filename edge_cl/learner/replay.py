@@ -30,6 +30,9 @@ CODECS = ("float32", "uint8", "uint4")
 POLICIES = ("uniform", "class_balanced")
 LABEL_DTYPE = np.dtype(np.int32)
 STATE_VERSION = 1
+MAX_BYTES = 4 << 30
+"""The largest memory a budget may ask for (4 GiB): no edge device holds more, and a crafted
+checkpoint must not make a load allocate what the machine does not have."""
 F16_MAX = float(np.finfo(np.float16).max)
 _LEVELS = {"uint8": 256, "uint4": 16}
 Grid = tuple[float, int]
@@ -601,10 +604,16 @@ class ReplayMemory:
             raise CheckpointError(
                 f"replay state version {version}; this edge_cl reads version {STATE_VERSION}"
             )
+        max_bytes = integer("max_bytes")
+        if max_bytes > MAX_BYTES:
+            raise CheckpointError(
+                f"replay state asks for a {max_bytes}-byte memory, more than the {MAX_BYTES} "
+                "any device holds"
+            )
         try:
             grid = json.loads(str(state.get("grid", "null")))  # absent before grids: none
             memory = cls(
-                integer("max_bytes"),
+                max_bytes,
                 str(need("codec")),
                 str(need("policy")),
                 integer("seed"),
