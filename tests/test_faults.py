@@ -82,6 +82,81 @@ def test_kill_9_during_checkpoint_writes_leaves_the_previous_or_the_new_state(
     assert summary["save_after_leftovers_ok"]
 
 
+def serve(state: Path, sock: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``edge-cl run`` on the synthetic camera with its control socket, in its own process."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge_cl.cli",
+                "run",
+                "--source",
+                "synthetic",
+                "--state-dir",
+                str(state),
+                "--set",
+                f"control_socket={sock}",
+                "--set",
+                "fps=30",
+                "--set",
+                "threads=1",
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+
+
+def ask(sock: Path, proc: subprocess.Popen[bytes], request: dict[str, Any]) -> dict[str, Any]:
+    """``request``'s reply, once the service answers (it may still be starting)."""
+    for _ in range(600):
+        assert proc.poll() is None, "edge-cl run exited"
+        try:
+            return send_command(sock, request, timeout=60)
+        except ControlError:
+            threading.Event().wait(0.1)
+    raise AssertionError("the control socket never answered")
+
+
+def teach(sock: Path, proc: subprocess.Popen[bytes], label: str, wait: bool) -> dict[str, Any]:
+    assert ask(sock, proc, {"cmd": "teach", "label": label})["ok"]
+    while ask(sock, proc, {"cmd": "status"})["teach_frames"] < 5:  # camera frames, counted
+        threading.Event().wait(0.02)
+    return ask(sock, proc, {"cmd": "stop", "wait": wait})
+
+
+def test_kill_9_mid_learn_and_restart_loses_no_acknowledged_label(tmp_path: Path) -> None:
+    """Five times: teach a label and wait for its acknowledgement (learned and checkpointed),
+    start teaching another and kill -9 the service somewhere inside that learn, restart. The
+    checkpoint always resumes (never moved aside) and holds every acknowledged label."""
+    state, sock, log = tmp_path / "state", tmp_path / "ctl.sock", tmp_path / "run.log"
+    rng = random.Random(11)
+    acknowledged: list[str] = []
+    for trial in range(5):
+        proc = serve(state, sock, log)
+        try:
+            labels = ask(sock, proc, {"cmd": "labels"})["labels"]
+            assert set(acknowledged) <= set(labels), (acknowledged, labels)
+            done = teach(sock, proc, f"kept{trial}", wait=True)
+            assert done["ok"], done
+            acknowledged.append(f"kept{trial}")
+            assert teach(sock, proc, f"cut{trial}", wait=False)["ok"]  # learning now
+            threading.Event().wait(rng.uniform(0.0, 0.3))  # a kill point inside the update
+        finally:
+            proc.kill()
+            proc.wait(60)
+        assert not (state / "learner.ckpt.corrupt").exists()
+    proc = serve(state, sock, log)
+    try:
+        status = ask(sock, proc, {"cmd": "status"})
+        assert set(acknowledged) <= set(status["classes"]), status["classes"]
+    finally:
+        proc.kill()
+        proc.wait(60)
+    assert not list(state.glob("*.corrupt*")) and "unusable" not in log.read_text()
+
+
 DISK_FULL = """
 import json, resource, sys
 from edge_cl.learner.ar1 import AR1Star
