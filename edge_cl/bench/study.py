@@ -420,7 +420,8 @@ def scenario_record(scenario: Scenario) -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     """The machine and package versions a result was measured with."""
     versions = {}
-    for package in ("edge-cl", "numpy", "onnxruntime", "ai-edge-litert", "scikit-learn"):
+    packages = ("edge-cl", "numpy", "onnxruntime", "ai-edge-litert", "opencv-python-headless")
+    for package in (*packages, "pillow", "scikit-learn"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -13,7 +13,10 @@ import importlib
 import json
 import os
 import platform
+import resource
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,3 +323,55 @@ def test_protocol_round_trip_over_a_pty(mcu: Emulator) -> None:
     assert Prediction("cup", 0.875, latency_ms=41) in received
     assert Status(LearnerState.TEACHING, 1, 4096) in received
     assert mcu.timeouts == 0 and mcu.duplicates == 0
+
+
+DEVICE_UNDER_A_CAP = """
+import json, resource, sys, threading
+from pathlib import Path
+from edge_cl.device.config import DeviceConfig
+from edge_cl.device.loop import DeviceLoop
+from firmware_bridge.sources import SyntheticScene
+
+scene = SyntheticScene(size=(320, 240))
+scene.show("red cube")
+config = DeviceConfig(state_dir=Path(sys.argv[1]), threads=1, control_socket=Path(sys.argv[2]))
+loop = DeviceLoop(config, scene)
+taught = {}
+
+def teacher() -> None:
+    loop.ready.wait(600)
+    loop.teach("red cube")
+    while loop.status()["teach_frames"] < 5:
+        threading.Event().wait(0.05)
+    future, _ = loop.stop_teach()
+    taught["ok"] = future.result(600).ok
+    loop.request_stop()
+
+threading.Thread(target=teacher, daemon=True).start()
+summary = loop.run()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"taught": taught, "classes": summary["classes"], "peak_mib": peak}))
+"""
+PI_MEMORY = 1 << 30
+"""Address space of the capped run: a 1 GB Raspberry Pi's RAM."""
+
+
+def test_the_device_loop_learns_under_a_raspberry_pis_memory(tmp_path: Path, mine: Path) -> None:
+    """``DeviceLoop`` classifies, is taught an object and checkpoints it inside 1 GiB of address
+    space (RLIMIT_AS, in a subprocess; under emulation the cap holds qemu's own memory too)."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (PI_MEMORY, resource.RLIM_INFINITY))
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    state, sock = str(tmp_path / "state"), str(tmp_path / "c.sock")
+    result = subprocess.run(
+        [sys.executable, "-c", DEVICE_UNDER_A_CAP, state, sock],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=900,
+        preexec_fn=cap, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    record(mine, "device loop under 1 GiB, peak RSS MiB", out["peak_mib"])
+    assert out["taught"] == {"ok": True} and out["classes"] == ["red cube"], out
+    assert AR1Star.load(tmp_path / "state" / "learner.ckpt").classes_ == ["red cube"]
