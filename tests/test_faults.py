@@ -84,24 +84,11 @@ def test_kill_9_during_checkpoint_writes_leaves_the_previous_or_the_new_state(
 
 def serve(state: Path, sock: Path, log: Path) -> subprocess.Popen[bytes]:
     """``edge-cl run`` on the synthetic camera with its control socket, in its own process."""
+    args = ["run", "--source", "synthetic", "--state-dir", str(state)]
+    args += ["--set", f"control_socket={sock}", "--set", "fps=30", "--set", "threads=1"]
     with log.open("ab") as out:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edge_cl.cli",
-                "run",
-                "--source",
-                "synthetic",
-                "--state-dir",
-                str(state),
-                "--set",
-                f"control_socket={sock}",
-                "--set",
-                "fps=30",
-                "--set",
-                "threads=1",
-            ],
+            [sys.executable, "-m", "edge_cl.cli", *args],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=out,
