@@ -1,11 +1,18 @@
 """Camera frame -> model input. The one preprocessing path every caller uses.
 
 A frame of any size up to :data:`MAX_ASPECT` times as long as it is wide (OpenCV BGR or
-PIL/numpy RGB, uint8 or float in [0, 255]) is resized so its
-shorter side is ``resolution / crop_fraction``, centre-cropped to ``resolution`` x ``resolution``
-and normalised to ``(rgb - mean) / std``. Shrinking uses area interpolation (no aliasing on large
-camera frames); enlarging (small images such as CIFAR-10) uses bilinear interpolation.
-The result is NHWC float32; backends convert to their own layout.
+PIL/numpy RGB, uint8 or float in [0, 255]) is centre-cropped to the square that would be left
+after resizing its shorter side to ``resolution / crop_fraction`` and cropping ``resolution``,
+then that square alone is resized to ``resolution`` x ``resolution`` and normalised to
+``(rgb - mean) / std``. Cropping first means only the pixels the model sees are resized: a
+640x480 frame resizes 421x421 pixels, not all 307,200, and memory never grows past the frame.
+
+Shrinking averages whole blocks of ``k`` x ``k`` pixels (``k`` the integer part of the ratio;
+area interpolation at an integer ratio, OpenCV's fast path), then bilinear interpolation covers
+the rest, a ratio under 1.5; a ratio under 2 uses area interpolation alone. Either way no
+output pixel is read from fewer source pixels than its share (no aliasing on large camera
+frames). Enlarging (small images such as CIFAR-10) is bilinear. Resizing is done in uint8 for
+uint8 frames. The result is NHWC float32; backends convert to their own layout.
 """
 
 from __future__ import annotations
@@ -21,9 +28,13 @@ from PIL import Image
 from edge_cl.errors import FrameError
 
 MAX_ASPECT = 32
-"""Longest side over shortest that a frame may have. Beyond it a frame is refused: its short
-side is resized up to the crop size first, so a 1 x 200,000 strip would become 146 x 29 million
-pixels (14 GB); at 32 the resized frame is at most 146 x 4,672 (8 MB as float32)."""
+"""Longest side over shortest that a frame may have; beyond it a frame is refused. No camera
+makes one, and the centre square of a 1 x 20,000 strip is one pixel: what the model would see
+says nothing about the frame."""
+
+ALGORITHM = "centre-square, box then bilinear, v2"
+"""Names the resampling this module does. Caches of latents include it in their key, so a
+change here (which changes every latent a little) never reads latents made the old way."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ def preprocess(
     std: float = 128.0,
     crop_fraction: float = 0.875,
 ) -> np.ndarray:
-    """Resize, centre-crop and normalise one frame; ``color`` is ``"RGB"`` or ``"BGR"``.
+    """Centre-crop, resize and normalise one frame; ``color`` is ``"RGB"`` or ``"BGR"``.
 
     >>> x = preprocess(np.full((32, 32, 3), 255, np.uint8), resolution=64)
     >>> x.shape, x.dtype, float(x.max())
@@ -94,24 +105,47 @@ def preprocess(
     if max(h, w) > MAX_ASPECT * min(h, w):
         raise FrameError(
             f"a {w}x{h} frame is more than {MAX_ASPECT} times as long as it is wide: no camera "
-            "makes one, and resizing its short side would make a huge image; crop it first"
+            "makes one, and its centre square would say nothing about the frame; crop it first"
         )
-    if img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.float32)
-    short = max(resolution, round(resolution / crop_fraction))
-    scale = short / min(h, w)
-    nh, nw = max(short, round(h * scale)), max(short, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    if (nh, nw) != (h, w):
-        try:
-            img = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=interp)
-        except cv2.error as e:  # e.g. out of memory: a bad frame, not a crashed loop
-            raise FrameError(f"cannot resize a {w}x{h} frame: {e}") from e
-    top, left = (nh - resolution) // 2, (nw - resolution) // 2
-    crop = img[top : top + resolution, left : left + resolution]
+    target = max(resolution, round(resolution / crop_fraction))
+    side = max(1, min(h, w, round(min(h, w) * resolution / target)))
+    try:
+        square = _resize_square(_centre(img, side), resolution)
+    except cv2.error as e:  # e.g. out of memory: a bad frame, not a crashed loop
+        raise FrameError(f"cannot resize a {w}x{h} frame: {e}") from e
     if color == "BGR":
-        crop = crop[:, :, ::-1]
-    return (crop.astype(np.float32) - np.float32(mean)) / np.float32(std)
+        square = square[:, :, ::-1]
+    return (square.astype(np.float32) - np.float32(mean)) / np.float32(std)
+
+
+def _centre(img: np.ndarray, side: int) -> np.ndarray:
+    """The centred ``side`` x ``side`` square of ``img``: a view of a uint8 frame (OpenCV reads
+    strided rows, so nothing is copied), a float32 copy of a float one (clipped to [0, 255])."""
+    h, w = img.shape[:2]
+    top, left = (h - side) // 2, (w - side) // 2
+    square = img[top : top + side, left : left + side]
+    if square.dtype != np.uint8:
+        return np.clip(square, 0, 255).astype(np.float32)
+    return square
+
+
+def _resize_square(square: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square image to ``size`` x ``size`` (see the module docstring for how)."""
+    side = square.shape[0]
+    if side < size:
+        return cv2.resize(square, (size, size), interpolation=cv2.INTER_LINEAR)
+    k = side // size
+    if k >= 2:
+        block = side // k
+        trim = (side - block * k) // 2
+        square = square[trim : trim + block * k, trim : trim + block * k]
+        square = cv2.resize(square, (block, block), interpolation=cv2.INTER_AREA)
+        if block == size:
+            return square
+        return cv2.resize(square, (size, size), interpolation=cv2.INTER_LINEAR)
+    if side == size:
+        return square
+    return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:

@@ -390,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         "color": "RGB",
         "mean": [MEAN] * 3,
         "std": [STD] * 3,
-        "resize": "shorter side to resolution / crop_fraction, bilinear",
+        "resize": (
+            "centre square of what resolution / crop_fraction on the shorter side keeps, "
+            "resized alone: box average then bilinear (edge_cl/preprocess.py)"
+        ),
         "crop": "centre",
         "crop_fraction": CROP_FRACTION,
     }

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,32 @@ def test_corrupt_and_missing_image_files(tmp_path: Path) -> None:
         read_image(bad)
     with pytest.raises(FrameError, match="missing"):
         read_image(tmp_path / "missing.jpg")
+
+
+def test_only_the_centre_square_is_read() -> None:
+    """What lies outside the square the model sees cannot change the input (it is not resized)."""
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    side = round(480 * 128 / 146)  # the short side at 146 px keeps 128: 421 px of the 480
+    top, left = (480 - side) // 2, (640 - side) // 2
+    outside = rng.integers(0, 256, frame.shape, dtype=np.uint8)
+    outside[top : top + side, left : left + side] = frame[top : top + side, left : left + side]
+    assert np.array_equal(preprocess(frame, 128), preprocess(outside, 128))
+
+
+def test_shrinking_averages_whole_blocks() -> None:
+    """A 384 px square at 128 px is the mean of each 3 x 3 block (no pixel skipped, no aliasing)."""
+    frame = np.random.default_rng(2).integers(0, 256, (384, 384, 3), dtype=np.uint8)
+    blocks = frame.reshape(128, 3, 128, 3, 3).mean(axis=(1, 3))
+    x = preprocess(frame, 128, mean=0.0, std=1.0, crop_fraction=1.0)
+    assert np.abs(x - blocks).max() <= 0.5  # OpenCV rounds the mean to uint8
+
+
+def test_memory_stays_within_the_centre_square() -> None:
+    """A float frame is clipped and converted on its centre square only, never copied whole."""
+    frame = np.full((1000, 4000, 3), 300.0)  # 96 MB of float64, clipped to 255
+    tracemalloc.start()
+    x = preprocess(frame, 128)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.allclose(x, 128 / 128) and peak < frame.nbytes / 2

@@ -1,14 +1,15 @@
 """Latents extracted once per (model, image) and cached on disk.
 
 The extractor below the latent cut is frozen, so an image's latent never changes for a given
-model file and resolution: a study that replays a stream under many seeds and strategies extracts
-each image once and reads it back afterwards. One *store* per model key (artifact sha256,
-resolution, preprocessing) holds ``index.json`` (image -> shard, row) and float32 ``.npy``
-shards of at most ``shard_rows`` latents, read back memory-mapped. Every file is written to a
-temporary name then renamed (``os.replace``), shard before index, so a crash leaves the store
-readable. An image is keyed by its resolved absolute path, size and mtime: an edited file is
-extracted again. A corrupt store is discarded with a warning and rebuilt. A lock file makes
-concurrent processes sharing the cache wait for each other instead of corrupting it.
+model file and resolution: a study that replays a stream under many seeds and strategies
+extracts each image once and reads it back afterwards. One *store* per model key (artifact
+sha256, resolution, preprocessing parameters and ``preprocess.ALGORITHM``) holds ``index.json``
+(image -> shard, row) and float32 ``.npy`` shards of at most ``shard_rows`` latents, read back
+memory-mapped. Every file is written to a temporary name then renamed (``os.replace``), shard
+before index, so a crash leaves the store readable. An image is keyed by its resolved absolute
+path, size and mtime: an edited file is extracted again. A corrupt store is discarded with a
+warning and rebuilt. A lock file makes concurrent processes sharing the cache wait for each
+other instead of corrupting it.
 
 Sizes: a latent is 4 x 4 x 320 float32 at 128 px (20 KiB: 30,000 images take 600 MiB) and
 7 x 7 x 320 at 224 px (61 KiB).
@@ -30,7 +31,7 @@ import numpy as np
 
 from edge_cl.backends.base import Extractor
 from edge_cl.errors import DatasetError
-from edge_cl.preprocess import read_image
+from edge_cl.preprocess import ALGORITHM, read_image
 
 STORE_VERSION = 1
 INDEX_FILE = "index.json"
@@ -44,7 +45,7 @@ def model_key(extractor: Extractor) -> str:
     'lite0_latent_fp32_onnx-224px-dd'
     """
     p = extractor.preprocessing
-    what = [extractor.artifact.sha256, p.resolution, p.mean, p.std, p.crop_fraction]
+    what = [extractor.artifact.sha256, p.resolution, p.mean, p.std, p.crop_fraction, ALGORITHM]
     digest = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
     return f"{extractor.artifact.name}-{p.resolution}px-{extractor.artifact.sha256[:8]}{digest}"
 
