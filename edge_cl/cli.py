@@ -127,6 +127,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+    if args.plots:
+        from edge_cl.bench.plots import require_matplotlib
+
+        require_matplotlib()
     manifest = Manifest.load(args.models)
     ex = open_extractor(
         "latent", args.runtime, args.precision, args.resolution, args.threads, manifest=manifest
@@ -151,23 +155,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         """Write the JSON, the plots and the Markdown summary of the results so far."""
         result["command"] = command
         result["extractor"] = ex.artifact.name
+        write(args.json, json.dumps(result, indent=1, default=str) + "\n", final)
         plots: list[str] = []
-        if args.plots:
+        if args.plots:  # after the JSON: a figure that fails to draw loses no result
             from edge_cl.bench.plots import plot_study
 
             base = args.markdown.parent if args.markdown else Path.cwd()
             plots = [os.path.relpath(p, base) for p in plot_study(result, args.plots)]
         report = study.markdown_report(result, plots)
-        for path, text in (
-            (args.json, json.dumps(result, indent=1, default=str) + "\n"),
-            (args.markdown, report),
-        ):
-            if path:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-                if final:
-                    print(f"wrote {path}")
+        write(args.markdown, report, final)
         return report
+
+    def write(path: Path | None, text: str, final: bool) -> None:
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            if final:
+                print(f"wrote {path}")
 
     try:  # numpy's BLAS gets --threads too: studies run side by side must not oversubscribe
         from threadpoolctl import threadpool_limits

@@ -123,9 +123,9 @@ def _centre(img: np.ndarray, side: int) -> np.ndarray:
     strided rows, so nothing is copied), a float32 copy of a float one (clipped to [0, 255])."""
     h, w = img.shape[:2]
     top, left = (h - side) // 2, (w - side) // 2
-    square = img[top : top + side, left : left + side]
+    square: np.ndarray = img[top : top + side, left : left + side]
     if square.dtype != np.uint8:
-        return np.clip(square, 0, 255).astype(np.float32)
+        square = np.clip(square, 0, 255).astype(np.float32)
     return square
 
 

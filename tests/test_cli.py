@@ -58,6 +58,17 @@ def test_errors_are_reported_without_a_traceback(
     assert "no manifest" in capsys.readouterr().err
 
 
+def test_bench_without_matplotlib_stops_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--plots without the study extra is refused at once, not after the first ordering."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what a venv without it imports
+    argv = ["bench", "--scenario", "cifar10-nc", "--cache", str(tmp_path / "cache")]
+    assert main([*argv, "--plots", str(tmp_path / "plots")]) == 2
+    assert "plots need matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # nothing was extracted
+
+
 def test_device_path_never_imports_torch_or_tensorflow() -> None:
     code = (
         "import sys, edge_cl.cli, edge_cl.backends.onnx, edge_cl.backends.litert, edge_cl.verify, "

@@ -19,6 +19,11 @@ import numpy as np
 from edge_cl.errors import MissingExtraError
 
 
+def require_matplotlib() -> None:
+    """Raise ``MissingExtraError`` now if plots cannot be drawn (before an hour of study)."""
+    _pyplot()
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib
