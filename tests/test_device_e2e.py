@@ -23,6 +23,7 @@ import pytest
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.control import ControlError, send_command
 from edge_cl.device.loop import DeviceLoop
+from edge_cl.device.worker import MAX_QUEUED_UPDATES
 from edge_cl.learner.ar1 import AR1Star
 from edge_cl.learner.registry import learner_name, load_learner
 from firmware_bridge.emulator import Emulator, FdPort
@@ -30,6 +31,7 @@ from firmware_bridge.protocol import (
     Ack,
     Forget,
     Hello,
+    LearnerState,
     Message,
     Nack,
     NackReason,
@@ -355,6 +357,88 @@ def test_mcu_requests_are_acked_or_nacked_over_a_pty(tmp_path: Path) -> None:
         os.close(master)
         os.close(slave)
     assert AR1Star.load(config.checkpoint).classes_ == []
+
+
+def test_a_flood_from_the_mcu_and_the_socket_is_pushed_back_and_the_stop_is_bounded(
+    tmp_path: Path,
+) -> None:
+    """The learner is held inside its first update while the MCU and the socket ask for more:
+    beyond MAX_QUEUED_UPDATES waiting they hear BUSY, 500 SAVEs queue one write, and what the
+    stop has to finish is counted (the worst case is then a number of updates, not a guess)."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    config = DeviceConfig(
+        state_dir=tmp_path, control_socket=tmp_path / "c.sock", serial=os.ttyname(slave)
+    )
+    scene = SyntheticScene(size=(160, 120), fps=30)
+    scene.show("red cube")
+    loop = DeviceLoop(config, scene)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    mcu = SerialLink(FdPort(master))
+    held, release = threading.Event(), threading.Event()
+
+    def ask(message: Message) -> int | None:
+        answer = mcu.request(message)
+        return answer.reason if isinstance(answer, Nack) else None
+
+    def teach_one_frame(label: str) -> None:
+        """TEACH_START from the MCU, wait until a frame joined the teach, TEACH_STOP."""
+        assert ask(TeachStart(label)) is None
+        frames = loop.status()["frames"]
+        while loop.status()["teach_frames"] == 0:
+            assert loop.status()["frames"] < frames + 300, "no frame reached the teach"
+            time.sleep(0.01)
+        assert ask(TeachStop()) is None
+
+    try:
+        frame = mcu.receive(timeout=60)
+        assert frame is not None and isinstance(frame.message, Hello)
+        mcu.send(Ack(frame.seq))
+        worker = loop.worker
+        assert worker is not None
+        teach_one_frame("base")
+        assert worker.wait_idle(60)  # learned before the hold: a label FORGET may name
+        publish = worker.on_state
+
+        def hold_the_first_update(state: LearnerState) -> None:  # on the learner's thread
+            if publish is not None:
+                publish(state)
+            if state == LearnerState.LEARNING and not held.is_set():
+                held.set()
+                release.wait(120)
+
+        worker.on_state = hold_the_first_update
+        acked = ["base"]
+        for i in range(MAX_QUEUED_UPDATES + 1):  # one running (held), three waiting
+            teach_one_frame(f"m{i}")
+            acked.append(f"m{i}")
+            assert held.wait(60)
+        assert ask(TeachStart("one too many")) == NackReason.BUSY
+        assert ask(Forget("base")) == NackReason.BUSY
+        reply = send_command(config.control_socket, {"cmd": "teach", "label": "socket"})
+        assert not reply["ok"] and "updates waiting" in reply["error"]
+        reply = send_command(config.control_socket, {"cmd": "forget", "label": "base"})
+        assert not reply["ok"] and "updates waiting" in reply["error"]
+        for seq in range(500):
+            mcu.port.write(encode(Save(), 1000 + seq))
+        acks = 0
+        while acks < 500:
+            frame = mcu.receive(timeout=10)
+            assert frame is not None
+            acks += isinstance(frame.message, Ack)
+        queued = loop.status()["jobs_queued"]
+        assert queued == MAX_QUEUED_UPDATES + 2  # the held update, three waiting, one save
+        done = len(worker.results)
+    finally:
+        release.set()
+        loop.request_stop()
+        thread.join(120)
+        os.close(master)
+        os.close(slave)
+    after = [r.job for r in list(worker.results)[done:]]
+    assert after.count("learn") == MAX_QUEUED_UPDATES + 1 and after.count("save") <= 2
+    assert AR1Star.load(config.checkpoint).classes_ == acked  # every acknowledged teach learned
 
 
 @pytest.mark.parametrize("learner", ["ar1", "slda"])

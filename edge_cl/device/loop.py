@@ -276,6 +276,7 @@ class DeviceLoop:
             "frames": self._frames,
             "accuracy": scored[1] / scored[0] if scored[0] else None,
             "jobs_pending": self.worker.busy if self.worker else False,
+            "jobs_queued": self.worker.pending if self.worker else 0,
             "checkpoint": str(self.config.checkpoint),
             "mcu": self.bridge.connected if self.bridge else None,
             "memory_mb": memory_mb(),

@@ -155,6 +155,14 @@ class LearnerWorker:
             return self._pending > 0
 
     @property
+    def pending(self) -> int:
+        """Jobs queued or running: what a stop must still finish (at most
+        :data:`MAX_QUEUED_UPDATES` waiting updates, the running job, the reserved teach and one
+        save)."""
+        with self._idle:
+            return self._pending
+
+    @property
     def state(self) -> LearnerState:
         """IDLE, LEARNING (learn or forget running) or SAVING."""
         return self._state
