@@ -82,3 +82,22 @@ def test_bad_batches_are_refused_before_anything_changes() -> None:
     with pytest.raises(FrameError):
         g.partial_fit(np.zeros((2, 3)), np.array([0]))
     assert g.patterns == 0 and len(g.counts) == 0
+
+
+def test_cached_weights_follow_every_change_of_the_statistics() -> None:
+    """Scoring reuses weights between frames; after a batch, a forget or other slots, the scores
+    are those of a head rebuilt from the same statistics (nothing stale is served)."""
+    rng = np.random.default_rng(3)
+    g = ClassGaussians(8).partial_fit(rng.normal(size=(60, 8)), rng.integers(0, 3, 60))
+    x = rng.normal(size=(5, 8))
+
+    def fresh(slots: np.ndarray) -> np.ndarray:
+        return ClassGaussians.from_state_dict(g.state_dict()).scores(x, slots)
+
+    all3 = np.arange(3)
+    assert np.array_equal(g.scores(x, all3), fresh(all3))
+    g.partial_fit(rng.normal(size=(20, 8)) + 3.0, np.full(20, 1))
+    assert np.array_equal(g.scores(x, all3), fresh(all3))
+    g.forget(2)
+    assert np.array_equal(g.scores(x, all3), fresh(all3))
+    assert np.array_equal(g.scores(x, np.array([0, 1])), fresh(np.array([0, 1])))

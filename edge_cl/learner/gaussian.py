@@ -12,7 +12,8 @@ Scores are the LDA log-posteriors up to a per-pattern constant,
 towards a multiple of the identity by the Oracle Approximating Shrinkage rule (Chen, Wiesel,
 Eldar, Hero, IEEE TSP 2010, in scikit-learn's form): ``rho`` is near 1 when few patterns back a
 large covariance (the first batches) and falls towards 0 as they accumulate, with no parameter
-to tune. The precision is recomputed only when the statistics changed since it was last used.
+to tune. The precision, and the per-class weights and biases scoring uses, are recomputed only
+when the statistics changed since they were last used: a frame costs one ``(1, dim) @ (dim, k)``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class ClassGaussians:
         self.patterns = 0  # patterns the scatter sums over
         self.classes_seen = 0  # classes that contributed to it (its degrees of freedom)
         self._cache: tuple[np.ndarray, np.ndarray] | None = None  # precision, shrinkage
+        self._weights: tuple[bytes, np.ndarray, np.ndarray] | None = None  # slots, w, bias
 
     def partial_fit(self, x: np.ndarray, y: np.ndarray) -> ClassGaussians:
         """Merge a batch of features ``x`` (n, dim) with class slots ``y`` (n,)."""
@@ -118,7 +120,7 @@ class ClassGaussians:
         assert added is not None
         self.scatter += added
         self.patterns += len(x)
-        self._cache = None
+        self._cache = self._weights = None
         return self
 
     @staticmethod
@@ -131,6 +133,7 @@ class ClassGaussians:
         if slot < len(self.counts):
             self.means[slot] = 0.0
             self.counts[slot] = 0
+            self._weights = None
 
     def covariance(self) -> tuple[np.ndarray, float]:
         """The shrunk covariance and its shrinkage ``rho`` in [0, 1] (:func:`oas_covariance`
@@ -146,16 +149,22 @@ class ClassGaussians:
 
     def scores(self, x: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """LDA log-posteriors (up to a per-row constant) of ``x`` for classes ``slots``."""
-        means = self.means[slots]
-        w = self.precision() @ means.T
-        bias = 0.5 * (means.T * w).sum(axis=0)
-        out: np.ndarray = np.asarray(x, np.float32) @ w.astype(np.float32) - bias.astype(np.float32)
+        key = np.asarray(slots, np.int64).tobytes()
+        if self._weights is None or self._weights[0] != key:
+            means = self.means[slots]
+            w = self.precision() @ means.T
+            bias = 0.5 * (means.T * w).sum(axis=0)
+            self._weights = (key, w.astype(np.float32), bias.astype(np.float32))
+        _, w32, bias32 = self._weights
+        out: np.ndarray = np.asarray(x, np.float32) @ w32 - bias32
         return out
 
     @property
     def nbytes(self) -> int:
         """Bytes of the statistics and the cached precision."""
         cached = self._cache[0].nbytes if self._cache is not None else 0
+        if self._weights is not None:
+            cached += self._weights[1].nbytes + self._weights[2].nbytes
         return self.means.nbytes + self.counts.nbytes + self.scatter.nbytes + cached
 
     def state_dict(self) -> dict[str, np.ndarray]:
