@@ -3,6 +3,7 @@ from __future__ import annotations
 import tracemalloc
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -110,3 +111,12 @@ def test_memory_stays_within_the_centre_square() -> None:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert np.allclose(x, 128 / 128) and peak < frame.nbytes / 2
+
+
+def test_small_frames_are_enlarged_whole_then_cropped() -> None:
+    """Below the resize target the crop's border interpolates real neighbours: exactly the
+    classic resize-the-shorter-side-then-centre-crop, as the models were verified with."""
+    frame = np.random.default_rng(4).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    big = cv2.resize(frame, (182, 146), interpolation=cv2.INTER_LINEAR)  # 146 = 128 / 0.875
+    reference = big[9:137, 27:155].astype(np.float32)
+    assert np.array_equal(preprocess(frame, 128, mean=0.0, std=1.0), reference)
