@@ -151,6 +151,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scenarios = [builder(name) for name in names]
     command = "edge-cl " + " ".join(sys.argv[1:])
 
+    def write(path: Path | None, text: str, final: bool) -> None:
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            if final:
+                print(f"wrote {path}")
+
     def save(result: dict[str, Any], final: bool) -> str:
         """Write the JSON, the plots and the Markdown summary of the results so far."""
         result["command"] = command
@@ -165,13 +172,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = study.markdown_report(result, plots)
         write(args.markdown, report, final)
         return report
-
-    def write(path: Path | None, text: str, final: bool) -> None:
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            if final:
-                print(f"wrote {path}")
 
     try:  # numpy's BLAS gets --threads too: studies run side by side must not oversubscribe
         from threadpoolctl import threadpool_limits

@@ -118,10 +118,10 @@ def preprocess(
     target = max(resolution, round(resolution / crop_fraction))
     try:
         if min(h, w) < target:
-            square = _centre(_enlarge(img, target), resolution)
+            square = _centre(_enlarge(_pixels(img), target), resolution)
         else:
             side = round(min(h, w) * resolution / target)
-            square = _resize_square(_centre(img, side), resolution)
+            square = _resize_square(_pixels(_centre(img, side)), resolution)
     except cv2.error as e:  # e.g. out of memory: a bad frame, not a crashed loop
         raise FrameError(f"cannot resize a {w}x{h} frame: {e}") from e
     if color == "BGR":
@@ -130,14 +130,21 @@ def preprocess(
 
 
 def _centre(img: np.ndarray, side: int) -> np.ndarray:
-    """The centred ``side`` x ``side`` square of ``img``: a view of a uint8 frame (OpenCV reads
-    strided rows, so nothing is copied), a float32 copy of a float one (clipped to [0, 255])."""
+    """The centred ``side`` x ``side`` square of ``img``, a view (OpenCV reads strided rows, so
+    nothing is copied)."""
     h, w = img.shape[:2]
     top, left = (h - side) // 2, (w - side) // 2
     square: np.ndarray = img[top : top + side, left : left + side]
-    if square.dtype != np.uint8:
-        square = np.clip(square, 0, 255).astype(np.float32)
     return square
+
+
+def _pixels(img: np.ndarray) -> np.ndarray:
+    """A uint8 image as it is, a float one clipped to [0, 255] as float32 (a copy): applied to
+    the centre square of a large frame and to a small frame whole, never to a large frame."""
+    if img.dtype == np.uint8:
+        return img
+    clipped: np.ndarray = np.clip(img, 0, 255).astype(np.float32)
+    return clipped
 
 
 def _enlarge(img: np.ndarray, short: int) -> np.ndarray:
@@ -145,8 +152,6 @@ def _enlarge(img: np.ndarray, short: int) -> np.ndarray:
     h, w = img.shape[:2]
     scale = short / min(h, w)
     size = (max(short, round(w * scale)), max(short, round(h * scale)))
-    if img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.float32)
     return cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_LINEAR)
 
 

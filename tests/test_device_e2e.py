@@ -15,6 +15,7 @@ import threading
 import time
 import tty
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -295,8 +296,10 @@ def test_the_loop_opens_no_network_socket_and_notifies_systemd(tmp_path: Path) -
     assert any(r["type"] == "PREDICTION" for r in mcu.records if r["dir"] == "rx")
 
 
-def test_mcu_requests_are_acked_or_nacked_over_a_pty(tmp_path: Path) -> None:
-    """The host side of PROTOCOL.md against a scripted MCU on a real pseudo-terminal."""
+@contextlib.contextmanager
+def loop_on_a_pty(tmp_path: Path) -> Iterator[tuple[DeviceConfig, DeviceLoop, SerialLink]]:
+    """A DeviceLoop on a synthetic scene with a scripted MCU on a real pseudo-terminal, past the
+    HELLO handshake; stopped and closed on exit."""
     master, slave = os.openpty()
     tty.setraw(slave)
     config = DeviceConfig(
@@ -308,21 +311,32 @@ def test_mcu_requests_are_acked_or_nacked_over_a_pty(tmp_path: Path) -> None:
     thread = threading.Thread(target=loop.run)
     thread.start()
     mcu = SerialLink(FdPort(master))
-
-    def ask(message: Message) -> int | None:
-        """None for an ACK of ``message``, the reason of a NACK."""
-        answer = mcu.request(message)
-        return answer.reason if isinstance(answer, Nack) else None
-
     try:
         frame = mcu.receive(timeout=60)
         assert frame is not None and isinstance(frame.message, Hello)
         mcu.send(Ack(frame.seq))
+        yield config, loop, mcu
+    finally:
+        loop.request_stop()
+        thread.join(120)
+        os.close(master)
+        os.close(slave)
+
+
+def ask(mcu: SerialLink, message: Message) -> int | None:
+    """None for an ACK of ``message``, the reason of a NACK."""
+    answer = mcu.request(message)
+    return answer.reason if isinstance(answer, Nack) else None
+
+
+def test_mcu_requests_are_acked_or_nacked_over_a_pty(tmp_path: Path) -> None:
+    """The host side of PROTOCOL.md against a scripted MCU on a real pseudo-terminal."""
+    with loop_on_a_pty(tmp_path) as (config, loop, mcu):
         for label in ("mug\x1b[2J", "mug\nERROR"):  # terminal escapes, fake log lines
-            assert ask(TeachStart(label)) == NackReason.MALFORMED
+            assert ask(mcu, TeachStart(label)) == NackReason.MALFORMED
         assert loop.status()["teaching"] is None
-        assert ask(TeachStart("red cube")) is None
-        assert ask(TeachStart("mug")) == NackReason.BAD_STATE
+        assert ask(mcu, TeachStart("red cube")) is None
+        assert ask(mcu, TeachStart("mug")) == NackReason.BAD_STATE
         time.sleep(0.5)
         stop = encode(TeachStop(), 500)
         mcu.port.write(stop + stop)  # the first ACK was "lost": the MCU resends the same frame
@@ -333,16 +347,16 @@ def test_mcu_requests_are_acked_or_nacked_over_a_pty(tmp_path: Path) -> None:
             if isinstance(frame.message, Ack | Nack):
                 answers.append(frame.message)
         assert answers == [Ack(500), Ack(500)]
-        assert ask(TeachStop()) == NackReason.BAD_STATE
-        assert ask(Forget("mug")) == NackReason.UNKNOWN_LABEL
+        assert ask(mcu, TeachStop()) == NackReason.BAD_STATE
+        assert ask(mcu, Forget("mug")) == NackReason.UNKNOWN_LABEL
         assert loop.worker is not None and loop.worker.wait_idle(60)
         assert len(loop.teaches) == 1 and loop.teaches[0]["ok"]  # acted on once
-        assert ask(Save()) is None
+        assert ask(mcu, Save()) is None
         mcu.port.write(b"\x07garbage\x00\x00")  # line noise: dropped, the host survives
-        assert ask(TeachStart("pen")) is None
-        assert ask(Hello("pico-ui", (1, 0, 0))) is None  # the MCU rebooted...
+        assert ask(mcu, TeachStart("pen")) is None
+        assert ask(mcu, Hello("pico-ui", (1, 0, 0))) is None  # the MCU rebooted...
         assert loop.status()["teaching"] is None  # ...so its teach was abandoned
-        assert ask(Forget("red cube")) is None
+        assert ask(mcu, Forget("red cube")) is None
         assert loop.worker.wait_idle(60)
         seen: list[Message] = []
         deadline = time.monotonic() + 2.5
@@ -351,11 +365,6 @@ def test_mcu_requests_are_acked_or_nacked_over_a_pty(tmp_path: Path) -> None:
                 seen.append(frame.message)
         assert any(isinstance(m, Status) for m in seen), "no STATUS heartbeat within 2.5 s"
         assert any(isinstance(m, Prediction) for m in seen)
-    finally:
-        loop.request_stop()
-        thread.join(60)
-        os.close(master)
-        os.close(slave)
     assert AR1Star.load(config.checkpoint).classes_ == []
 
 
@@ -365,36 +374,18 @@ def test_a_flood_from_the_mcu_and_the_socket_is_pushed_back_and_the_stop_is_boun
     """The learner is held inside its first update while the MCU and the socket ask for more:
     beyond MAX_QUEUED_UPDATES waiting they hear BUSY, 500 SAVEs queue one write, and what the
     stop has to finish is counted (the worst case is then a number of updates, not a guess)."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    config = DeviceConfig(
-        state_dir=tmp_path, control_socket=tmp_path / "c.sock", serial=os.ttyname(slave)
-    )
-    scene = SyntheticScene(size=(160, 120), fps=30)
-    scene.show("red cube")
-    loop = DeviceLoop(config, scene)
-    thread = threading.Thread(target=loop.run)
-    thread.start()
-    mcu = SerialLink(FdPort(master))
     held, release = threading.Event(), threading.Event()
+    with loop_on_a_pty(tmp_path) as (config, loop, mcu):
 
-    def ask(message: Message) -> int | None:
-        answer = mcu.request(message)
-        return answer.reason if isinstance(answer, Nack) else None
+        def teach_one_frame(label: str) -> None:
+            """TEACH_START from the MCU, wait until a frame joined the teach, TEACH_STOP."""
+            assert ask(mcu, TeachStart(label)) is None
+            frames = loop.status()["frames"]
+            while loop.status()["teach_frames"] == 0:
+                assert loop.status()["frames"] < frames + 300, "no frame reached the teach"
+                time.sleep(0.01)
+            assert ask(mcu, TeachStop()) is None
 
-    def teach_one_frame(label: str) -> None:
-        """TEACH_START from the MCU, wait until a frame joined the teach, TEACH_STOP."""
-        assert ask(TeachStart(label)) is None
-        frames = loop.status()["frames"]
-        while loop.status()["teach_frames"] == 0:
-            assert loop.status()["frames"] < frames + 300, "no frame reached the teach"
-            time.sleep(0.01)
-        assert ask(TeachStop()) is None
-
-    try:
-        frame = mcu.receive(timeout=60)
-        assert frame is not None and isinstance(frame.message, Hello)
-        mcu.send(Ack(frame.seq))
         worker = loop.worker
         assert worker is not None
         teach_one_frame("base")
@@ -409,33 +400,30 @@ def test_a_flood_from_the_mcu_and_the_socket_is_pushed_back_and_the_stop_is_boun
                 release.wait(120)
 
         worker.on_state = hold_the_first_update
-        acked = ["base"]
-        for i in range(MAX_QUEUED_UPDATES + 1):  # one running (held), three waiting
-            teach_one_frame(f"m{i}")
-            acked.append(f"m{i}")
-            assert held.wait(60)
-        assert ask(TeachStart("one too many")) == NackReason.BUSY
-        assert ask(Forget("base")) == NackReason.BUSY
-        reply = send_command(config.control_socket, {"cmd": "teach", "label": "socket"})
-        assert not reply["ok"] and "updates waiting" in reply["error"]
-        reply = send_command(config.control_socket, {"cmd": "forget", "label": "base"})
-        assert not reply["ok"] and "updates waiting" in reply["error"]
-        for seq in range(500):
-            mcu.port.write(encode(Save(), 1000 + seq))
-        acks = 0
-        while acks < 500:
-            frame = mcu.receive(timeout=10)
-            assert frame is not None
-            acks += isinstance(frame.message, Ack)
-        queued = loop.status()["jobs_queued"]
-        assert queued == MAX_QUEUED_UPDATES + 2  # the held update, three waiting, one save
-        done = len(worker.results)
-    finally:
-        release.set()
-        loop.request_stop()
-        thread.join(120)
-        os.close(master)
-        os.close(slave)
+        try:
+            acked = ["base"]
+            for i in range(MAX_QUEUED_UPDATES + 1):  # one running (held), three waiting
+                teach_one_frame(f"m{i}")
+                acked.append(f"m{i}")
+                assert held.wait(60)
+            assert ask(mcu, TeachStart("one too many")) == NackReason.BUSY
+            assert ask(mcu, Forget("base")) == NackReason.BUSY
+            reply = send_command(config.control_socket, {"cmd": "teach", "label": "socket"})
+            assert not reply["ok"] and "updates waiting" in reply["error"]
+            reply = send_command(config.control_socket, {"cmd": "forget", "label": "base"})
+            assert not reply["ok"] and "updates waiting" in reply["error"]
+            for seq in range(500):
+                mcu.port.write(encode(Save(), 1000 + seq))
+            acks = 0
+            while acks < 500:
+                frame = mcu.receive(timeout=10)
+                assert frame is not None
+                acks += isinstance(frame.message, Ack)
+            queued = loop.status()["jobs_queued"]
+            assert queued == MAX_QUEUED_UPDATES + 2  # the held update, three waiting, one save
+            done = len(worker.results)
+        finally:
+            release.set()  # before the loop stops: the held update must be let go
     after = [r.job for r in list(worker.results)[done:]]
     assert after.count("learn") == MAX_QUEUED_UPDATES + 1 and after.count("save") <= 2
     assert AR1Star.load(config.checkpoint).classes_ == acked  # every acknowledged teach learned
