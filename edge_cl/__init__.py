@@ -1,6 +1,6 @@
 """edge_cl: on-device continual learning for edge cameras.
 
-The data path: frame -> :mod:`edge_cl.preprocess` -> :mod:`edge_cl.backends` (frozen extractor,
+The data path: frame -> :mod:`edge_cl.preprocess` -> :mod:`edge_cl.extractor` (frozen extractor,
 ONNX Runtime or LiteRT) -> latent -> learner head -> prediction.
 """
 

@@ -15,40 +15,24 @@ from typing import Any
 import numpy as np
 
 from edge_cl import __version__
-from edge_cl.backends import RUNTIME_FORMATS, open_extractor
-from edge_cl.backends import litert as litert_backend
-from edge_cl.backends import onnx as onnx_backend
 from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.scenarios import DEFAULT_DATASETS, SUITES, image_folder
 from edge_cl.device.cli import add_device_commands
 from edge_cl.errors import EdgeClError
-from edge_cl.imagenet import PretrainedHead, imagenet_files
-from edge_cl.manifest import Manifest
+from edge_cl.extractor import RUNTIME_FORMATS, open_extractor
+from edge_cl.extractor import litert as litert_backend
+from edge_cl.extractor import onnx as onnx_backend
+from edge_cl.extractor.imagenet import PretrainedHead, imagenet_files
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.images import read_image
 from edge_cl.perf import add_perf_command
-from edge_cl.preprocess import read_image
-
-CPU_FLAGS = ("neon", "asimd", "asimddp", "sve", "i8mm", "avx2", "avx512f", "avx512_vnni", "fma")
-
-
-def cpu_features() -> list[str]:
-    """SIMD features of this CPU that matter to the runtimes (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return [f for f in CPU_FLAGS if f in flags]
+from edge_cl.sysinfo import cores, cpu_features
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Models with their sha256 status, runtimes available, CPU features and threads."""
     print(f"edge_cl {__version__}  python {platform.python_version()}  {platform.machine()}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"cpu: {cores} usable cores; features: {' '.join(cpu_features()) or 'unknown'}")
+    print(f"cpu: {cores()} usable cores; features: {' '.join(cpu_features()) or 'unknown'}")
     providers = onnx_backend.available()
     print(f"onnxruntime: {', '.join(providers) if providers else 'not installed'}")
     print(f"litert: {litert_backend.available() or 'not installed (pip install ai-edge-litert)'}")
@@ -90,7 +74,7 @@ def _class_names(datasets: Path) -> list[str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Top-1/top-5 of every shipped variant on real photos, and ONNX/TFLite parity."""
-    from edge_cl.verify import verify_models
+    from edge_cl.extractor.verify import verify_models
 
     manifest = Manifest.load(args.models)
     images = args.datasets / "imagenet-samples" / "images"
@@ -122,7 +106,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edge_cl.bench.filelists import load_filelists
     from edge_cl.bench.latents import LatentCache
     from edge_cl.bench.scenarios import build
-    from edge_cl.imagenet import head_arrays
+    from edge_cl.extractor.imagenet import head_arrays
 
     if args.quick:
         for key, value in QUICK.items():

@@ -39,10 +39,11 @@ import numpy as np
 from edge_cl import __version__
 from edge_cl.device.config import DeviceConfig
 from edge_cl.errors import BackendUnavailableError, EdgeClError, MissingExtraError
+from edge_cl.extractor.manifest import Artifact, Manifest
 from edge_cl.learner.ar1 import LATENT_CHANNELS, POOL_CHANNELS, AR1Config, AR1Star
 from edge_cl.learner.protocol import Learner, replay_memory
 from edge_cl.learner.registry import learner_spec
-from edge_cl.manifest import Artifact, Manifest
+from edge_cl.sysinfo import cores, cpu_features, cpu_model, emulation
 
 DEFAULT_REPLAYED = AR1Config().replay_per_epoch or 0
 """Replayed patterns per update of the default learner (``AR1Config.replay_per_epoch``)."""
@@ -175,61 +176,6 @@ def matmul_peak(size: int, repeats: int) -> float:
     return 2 * size**3 / max(best, 1e-9) / 1e9
 
 
-def emulation(
-    machine: str | None = None, cpuinfo: str | None = None, environ: Mapping[str, str] | None = None
-) -> str | None:
-    """Why this looks like aarch64 emulated by qemu (None when it does not).
-
-    Under qemu-user ``/proc/cpuinfo`` is usually the x86 host's, and qemu's own settings are
-    ``QEMU_*`` variables.
-
-    >>> emulation("aarch64", "vendor_id : AuthenticAMD", {})
-    'aarch64 with an x86 /proc/cpuinfo'
-    >>> emulation("aarch64", "CPU implementer : 0x41", {}) is None
-    True
-    >>> emulation("x86_64", "", {"QEMU_LD_PREFIX": "/usr"}) is None
-    True
-    """
-    machine = platform.machine() if machine is None else machine
-    if machine.lower() not in ("aarch64", "arm64"):
-        return None
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    env = os.environ if environ is None else environ
-    if any(k.startswith("QEMU_") for k in env):
-        return f"aarch64 with {sorted(k for k in env if k.startswith('QEMU_'))[0]} set"
-    if "qemu" in cpuinfo.lower():
-        return "aarch64 with qemu in /proc/cpuinfo"
-    if any(v in cpuinfo for v in ("GenuineIntel", "AuthenticAMD", "vendor_id")):
-        return "aarch64 with an x86 /proc/cpuinfo"
-    return None
-
-
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo (``model name``, or ``Model``/``Hardware`` on ARM)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        found.setdefault(key.strip(), value.strip())
-    for key in ("model name", "Model", "Hardware", "CPU part"):
-        if found.get(key):
-            return found[key]
-    return platform.processor() or "unknown"
-
-
-def _cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _numpy_blas() -> dict[str, Any]:
     """The BLAS numpy was built against (``numpy.show_config``)."""
     try:
@@ -264,7 +210,6 @@ def _per(value: float | None, by: float | None) -> float | None:
 # ------------------------------------------------------------------------------------ machine
 def bench_machine(settings: PerfSettings, log: Log) -> dict[str, Any]:
     """CPU, SIMD features, numpy's BLAS, and the float32 matmul peak at each thread count."""
-    from edge_cl.cli import cpu_features  # here: edge_cl.cli imports this module
 
     tpc = _threadpoolctl()
     peaks = []
@@ -278,7 +223,7 @@ def bench_machine(settings: PerfSettings, log: Log) -> dict[str, Any]:
         "numpy": np.__version__,
         "machine": platform.machine(),
         "cpu_model": cpu_model(),
-        "cores": _cores(),
+        "cores": cores(),
         "cpu_features": cpu_features(),
         "numpy_blas": _numpy_blas(),
         "blas_runtime": _blas_runtime(),
@@ -348,7 +293,7 @@ def bench_extractor(
 ) -> dict[str, Any]:
     """frames/s of the ``latent`` cut over runtime x precision x threads x resolution x batch,
     achieved GFLOP/s against the model's conv MACs, and the cost of preprocessing a frame."""
-    from edge_cl.backends import RUNTIME_FORMATS, open_extractor
+    from edge_cl.extractor import RUNTIME_FORMATS, open_extractor
 
     rng = np.random.default_rng(0)
     reference = manifest.find(cut="latent", format="onnx", precision="fp32")
@@ -451,7 +396,7 @@ def bench_learner(
     """One incremental update's time and GFLOP/s (ratio to the matmul peak at the same threads)
     for N new latents with a full memory, replaying all of it or ``replay_per_epoch``; head
     inference per frame; checkpoint size and save/load time."""
-    from edge_cl.imagenet import head_arrays
+    from edge_cl.extractor.imagenet import head_arrays
 
     tpc = _threadpoolctl()
     head = head_arrays(manifest.head())
@@ -591,8 +536,8 @@ def seed_checkpoint(config: DeviceConfig, replay: int) -> int:
     ``replay`` patterns, which fill its replay memory if it has one (up to ``replay``), so a
     teach replays what it would in service; returns the fill. Learners with ``epochs`` learn
     them in one (the resumed learner takes the configured ones)."""
-    from edge_cl.backends import RUNTIME_FORMATS
     from edge_cl.device.classifier import new_learner
+    from edge_cl.extractor import RUNTIME_FORMATS
 
     manifest = Manifest.load(config.models)
     fmt = RUNTIME_FORMATS[config.runtime]

@@ -24,13 +24,11 @@ their own layout.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from edge_cl.errors import FrameError
 
@@ -170,12 +168,3 @@ def _resize_square(square: np.ndarray, size: int) -> np.ndarray:
     if side == size:
         return square
     return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as an RGB uint8 array; ``FrameError`` if it is missing or corrupt."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as e:
-        raise FrameError(f"cannot read image {os.fspath(path)!r}: {e}") from e

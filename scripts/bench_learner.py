@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from edge_cl.imagenet import head_arrays
+from edge_cl.extractor.imagenet import head_arrays
+from edge_cl.extractor.manifest import Manifest
 from edge_cl.learner.ar1 import AR1Star
-from edge_cl.manifest import Manifest
 
 REPLAY = 1500
 SHAPES = {"latent": (4, 4, 320), "pool": (1280,)}

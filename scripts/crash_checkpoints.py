@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 
 from edge_cl.errors import CheckpointError
-from edge_cl.imagenet import head_arrays
+from edge_cl.extractor.imagenet import head_arrays
+from edge_cl.extractor.manifest import Manifest
 from edge_cl.learner.ar1 import AR1Star
-from edge_cl.manifest import Manifest
 
 CHECKPOINT = "learner.ckpt"
 LATENT_SHAPE = (4, 4, 320)

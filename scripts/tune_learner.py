@@ -37,15 +37,15 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from edge_cl.backends import open_extractor
 from edge_cl.bench import study
 from edge_cl.bench.latents import LatentCache
 from edge_cl.bench.scenarios import DEFAULT_DATASETS, build, image_folder
-from edge_cl.imagenet import PretrainedHead, head_arrays
+from edge_cl.extractor import open_extractor
+from edge_cl.extractor.imagenet import PretrainedHead, head_arrays
+from edge_cl.extractor.manifest import Manifest
 from edge_cl.learner.ar1 import POOL_CHANNELS, AR1Star, Cumulative
 from edge_cl.learner.baselines import StreamingLDA
 from edge_cl.learner.layers import SGD, BatchRenorm, Linear, softmax_cross_entropy
-from edge_cl.manifest import Manifest
 
 CACHE = Path.home() / ".cache" / "edge_cl"
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_cl.backends import open_extractor
 from edge_cl.bench.latents import LatentCache
 from edge_cl.bench.scenarios import DEFAULT_DATASETS, build
 from edge_cl.bench.study import load_stream
-from edge_cl.imagenet import head_arrays
+from edge_cl.extractor import open_extractor
+from edge_cl.extractor.imagenet import head_arrays
+from edge_cl.extractor.manifest import Manifest
 from edge_cl.learner.ar1 import AR1Star
-from edge_cl.manifest import Manifest
 
 
 def main() -> int:

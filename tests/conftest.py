@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_cl.manifest import Manifest
+from edge_cl.extractor.manifest import Manifest
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,12 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_cl.backends import open_extractor
 from edge_cl.bench import study
 from edge_cl.device.classifier import new_learner
 from edge_cl.device.config import DeviceConfig
 from edge_cl.errors import CheckpointError, FrameError, LabelError, NotFittedError
-from edge_cl.imagenet import head_arrays
+from edge_cl.extractor import open_extractor
+from edge_cl.extractor.imagenet import head_arrays
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.images import read_image
 from edge_cl.learner.ar1 import (
     BASELINE_SETTINGS,
     AR1Star,
@@ -23,8 +25,6 @@ from edge_cl.learner.ar1 import (
 from edge_cl.learner.checkpoint import load_state, save_state
 from edge_cl.learner.gaussian import ClassGaussians
 from edge_cl.learner.layers import BatchRenorm
-from edge_cl.manifest import Manifest
-from edge_cl.preprocess import read_image
 
 
 def blobs(

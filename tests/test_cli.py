@@ -71,7 +71,8 @@ def test_bench_without_matplotlib_stops_before_any_work(
 
 def test_device_path_never_imports_torch_or_tensorflow() -> None:
     code = (
-        "import sys, edge_cl.cli, edge_cl.backends.onnx, edge_cl.backends.litert, edge_cl.verify, "
+        "import sys, edge_cl.cli, edge_cl.extractor.onnx, edge_cl.extractor.litert, "
+        "edge_cl.extractor.verify, "
         "firmware_bridge; edge_cl.cli.main(['info']); "
         "bad = [m for m in ('torch', 'tensorflow') if m in sys.modules]; assert not bad, bad"
     )

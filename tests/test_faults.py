@@ -40,8 +40,8 @@ from edge_cl.device.config import DeviceConfig
 from edge_cl.device.control import ControlError, send_command
 from edge_cl.device.loop import DeviceLoop
 from edge_cl.errors import CheckpointError, FrameError
+from edge_cl.extractor.manifest import Manifest
 from edge_cl.learner.ar1 import AR1Star
-from edge_cl.manifest import Manifest
 from firmware_bridge.protocol import MAX_ENCODED_FRAME, encode
 from firmware_bridge.sources import CapturedFrame, FrameSource, SyntheticScene
 

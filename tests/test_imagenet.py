@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_cl.manifest import Manifest
-from edge_cl.verify import verify_models
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.extractor.verify import verify_models
 
 
 def test_every_shipped_variant_meets_the_imagenet_bars(datasets: Path, manifest: Manifest) -> None:

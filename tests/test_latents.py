@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_cl.backends import Extractor, open_extractor
 from edge_cl.bench.latents import LatentCache, model_key
 from edge_cl.errors import DatasetError
-from edge_cl.manifest import Manifest
-from edge_cl.preprocess import read_image
+from edge_cl.extractor import Extractor, open_extractor
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.images import read_image
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_cl.backends import open_extractor
 from edge_cl.errors import (
     CheckpointError,
     ConfigError,
@@ -21,7 +20,10 @@ from edge_cl.errors import (
     MissingExtraError,
     NotFittedError,
 )
-from edge_cl.imagenet import head_arrays
+from edge_cl.extractor import open_extractor
+from edge_cl.extractor.imagenet import head_arrays
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.images import read_image
 from edge_cl.learner.checkpoint import save_state
 from edge_cl.learner.protocol import Learner
 from edge_cl.learner.registry import (
@@ -32,8 +34,6 @@ from edge_cl.learner.registry import (
     make_learner,
     validate,
 )
-from edge_cl.manifest import Manifest
-from edge_cl.preprocess import read_image
 
 SHA = "5" * 64
 SHAPES = {"latent": (4, 4, 320), "pool": (1280,)}

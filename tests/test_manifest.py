@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_cl.backends import open_extractor
 from edge_cl.errors import ChecksumError, ManifestError
-from edge_cl.manifest import Manifest
+from edge_cl.extractor import open_extractor
+from edge_cl.extractor.manifest import Manifest
 
 REPO = Path(__file__).resolve().parent.parent
 

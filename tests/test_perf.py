@@ -12,8 +12,8 @@ import pytest
 from edge_cl.cli import main
 from edge_cl.device.classifier import resume_learner
 from edge_cl.device.config import load_config
+from edge_cl.extractor.manifest import Manifest
 from edge_cl.learner.registry import learner_name
-from edge_cl.manifest import Manifest
 from edge_cl.perf import PerfError, PerfSettings, Target, bench_loop, seed_checkpoint, targets
 
 TINY = [

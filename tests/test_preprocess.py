@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edge_cl.errors import FrameError
-from edge_cl.preprocess import Preprocessing, preprocess, read_image
+from edge_cl.images import read_image
+from edge_cl.preprocess import Preprocessing, preprocess
 
 
 def test_camera_frame_is_resized_cropped_and_normalised() -> None:

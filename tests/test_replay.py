@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_cl.backends import open_extractor
 from edge_cl.errors import CheckpointError, FrameError, LabelError
-from edge_cl.imagenet import PretrainedHead
+from edge_cl.extractor import open_extractor
+from edge_cl.extractor.imagenet import PretrainedHead
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.images import read_image
 from edge_cl.learner.replay import (
     CODECS,
     POLICIES,
@@ -23,8 +25,6 @@ from edge_cl.learner.replay import (
     quantize,
     unpack_uint4,
 )
-from edge_cl.manifest import Manifest
-from edge_cl.preprocess import read_image
 
 LEVELS = {"uint8": 256, "uint4": 16}
 

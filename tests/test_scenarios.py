@@ -35,7 +35,7 @@ from edge_cl.bench.scenarios import (
     stream_order,
 )
 from edge_cl.errors import DatasetError
-from edge_cl.preprocess import read_image
+from edge_cl.images import read_image
 
 COIL_RE = re.compile(r"obj(\d+)__(\d+)\.png")
 PLAIN_COIL = {"coil100-s2": 2, "coil100-s4": 4, "coil100-s8": 8}

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_cl.backends import open_extractor
 from edge_cl.errors import CameraError, FrameError
-from edge_cl.manifest import Manifest
-from edge_cl.preprocess import read_image
+from edge_cl.extractor import open_extractor
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.images import read_image
 from firmware_bridge.sources import (
     DEFAULT_OBJECTS,
     CapturedFrame,

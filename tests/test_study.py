@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from edge_cl.bench.plots import plot_study
-from edge_cl.bench.sklearn_baselines import KNNHead, SGDHead
 from edge_cl.bench.study import (
     Progress,
     Stream,
@@ -28,6 +27,7 @@ from edge_cl.cli import main
 from edge_cl.errors import FrameError, NotFittedError
 from edge_cl.learner.ar1 import AR1Star
 from edge_cl.learner.labels import Label
+from edge_cl.learner.sklearn_heads import KNNHead, SGDHead
 
 
 def core50_filelists(datasets: Path, out: Path) -> Path:

@@ -11,10 +11,10 @@ import pytest
 from edge_cl.device.classifier import Classifier, Verdict, new_learner, resume_learner
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.worker import MAX_QUEUED_UPDATES, JobResult, LearnerWorker, WorkerBusy
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.images import read_image
 from edge_cl.learner.ar1 import AR1Star
 from edge_cl.learner.registry import learner_depth, learner_name, load_learner
-from edge_cl.manifest import Manifest
-from edge_cl.preprocess import read_image
 from firmware_bridge.protocol import LearnerState
 
 OBJECTS = ("obj3", "obj11", "obj25", "obj40")

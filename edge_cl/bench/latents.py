@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_cl.backends.base import Extractor
 from edge_cl.errors import DatasetError
-from edge_cl.preprocess import ALGORITHM, read_image
+from edge_cl.extractor.base import Extractor
+from edge_cl.images import read_image
+from edge_cl.preprocess import ALGORITHM
 
 STORE_VERSION = 1
 INDEX_FILE = "index.json"
@@ -40,7 +41,7 @@ INDEX_FILE = "index.json"
 def model_key(extractor: Extractor) -> str:
     """Store name of an extractor: artifact name, resolution and a digest of what shapes latents.
 
-    >>> from edge_cl.backends import open_extractor
+    >>> from edge_cl.extractor import open_extractor
     >>> model_key(open_extractor("latent", "onnx", "fp32", resolution=224))[:31]
     'lite0_latent_fp32_onnx-224px-dd'
     """
@@ -71,7 +72,7 @@ class LatentCache:
 
     >>> import shutil, tempfile
     >>> from PIL import Image
-    >>> from edge_cl.backends import open_extractor
+    >>> from edge_cl.extractor import open_extractor
     >>> tmp = Path(tempfile.mkdtemp())
     >>> Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp / "red.png")
     >>> cache = LatentCache(tmp / "cache", open_extractor("latent", "onnx", "fp32"))
@@ -117,7 +118,7 @@ class LatentCache:
     def get(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
         """Latents ``(n, *latent_shape)`` float32 of ``paths`` in order; extracts missing ones.
 
-        Missing images are read with :func:`~edge_cl.preprocess.read_image` and extracted in
+        Missing images are read with :func:`~edge_cl.images.read_image` and extracted in
         batches of ``batch_size``; progress is saved every ``shard_rows`` latents. An empty
         request before anything was extracted returns an empty array of shape ``(0,)``.
         """

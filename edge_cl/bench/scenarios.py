@@ -91,7 +91,7 @@ import numpy as np
 from edge_cl.bench.filelists import Label, Scenario, Split, write_filelists
 from edge_cl.bench.render import Conditions, SessionRenderer, pick_photos, session_backgrounds
 from edge_cl.errors import DatasetError
-from edge_cl.preprocess import read_image
+from edge_cl.images import read_image
 
 FIRST_BATCH_CLASSES = 10
 NEW_CLASS_SPAN = 0.75

@@ -24,8 +24,7 @@ import numpy as np
 
 from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
-from edge_cl.bench.sklearn_baselines import KNNHead, SGDHead
-from edge_cl.imagenet import PretrainedHead
+from edge_cl.extractor.imagenet import PretrainedHead
 from edge_cl.learner.ar1 import (
     BASELINE_SETTINGS,
     LATENT_CHANNELS,
@@ -40,7 +39,8 @@ from edge_cl.learner.ar1 import (
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
 from edge_cl.learner.labels import Label
 from edge_cl.learner.replay import LABEL_DTYPE, Codec, Grid
-from edge_cl.perf import cpu_model
+from edge_cl.learner.sklearn_heads import KNNHead, SGDHead
+from edge_cl.sysinfo import cpu_model
 
 STUDY_STORED_LATENT = AR1Config().stored_shape((4, 4, LATENT_CHANNELS))
 """A latent pattern as the default AR1* stores it: positions of the 4x4 latent of the study's

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge_cl.backends import RUNTIME_FORMATS, Extractor, open_extractor
 from edge_cl.device.config import DeviceConfig
 from edge_cl.errors import CheckpointError, EdgeClError, ManifestError
-from edge_cl.imagenet import head_arrays
+from edge_cl.extractor import RUNTIME_FORMATS, Extractor, open_extractor
+from edge_cl.extractor.imagenet import head_arrays
+from edge_cl.extractor.manifest import Manifest
 from edge_cl.learner.ar1 import LATENT_CHANNELS, POOL_CHANNELS, AR1Star
 from edge_cl.learner.checkpoint import remove_leftovers
 from edge_cl.learner.labels import Label
@@ -31,7 +32,6 @@ from edge_cl.learner.registry import (
     load_learner,
     make_learner,
 )
-from edge_cl.manifest import Manifest
 
 log = logging.getLogger("edge_cl.device")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any
 
-from edge_cl.backends import RUNTIME_FORMATS
 from edge_cl.errors import ConfigError
+from edge_cl.extractor import RUNTIME_FORMATS
 from edge_cl.learner.registry import (
     DEFAULT_LEARNER,
     LEARNERS,

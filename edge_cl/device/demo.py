@@ -29,8 +29,8 @@ from edge_cl.device.classifier import Verdict
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.loop import DeviceLoop
 from edge_cl.errors import DatasetError, LabelError
+from edge_cl.images import read_image
 from edge_cl.learner.registry import DEFAULT_LEARNER
-from edge_cl.preprocess import read_image
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.protocol import Prediction
 from firmware_bridge.sources import (

@@ -233,9 +233,10 @@ class AR1Config:
 class AR1Star:
     """AR1* continual learner: ``partial_fit`` one small batch at a time, ``predict`` any time.
 
-    ``head`` holds the pretrained arrays above the latent cut (``edge_cl.imagenet.head_arrays``);
-    without it the conv_head starts from a random init. ``extractor_sha256`` ties checkpoints to
-    the extractor whose latents they were trained on.
+    ``head`` holds the pretrained arrays above the latent cut
+    (``edge_cl.extractor.imagenet.head_arrays``); without it the conv_head starts from a random
+    init. ``extractor_sha256`` ties checkpoints to the extractor whose latents they were trained
+    on.
 
     >>> rng = np.random.default_rng(0)
     >>> learner = AR1Star(depth="pool", epochs=2, replay_mb=1)

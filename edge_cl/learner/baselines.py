@@ -5,8 +5,8 @@ class order work without replay or gradient steps, and learning one batch after 
 same model, to rounding, as learning their union (for SLDA: with its streaming covariance).
 
 They take pooled ``(N, d)`` features (``d = 1280`` for EfficientNet-Lite0: the extractor's
-``pool`` cut, or :meth:`edge_cl.imagenet.PretrainedHead.pool` on latents) and implement the
-:class:`~edge_cl.learner.protocol.Learner` protocol: ``partial_fit``, ``predict``,
+``pool`` cut, or :meth:`edge_cl.extractor.imagenet.PretrainedHead.pool` on latents) and implement
+the :class:`~edge_cl.learner.protocol.Learner` protocol: ``partial_fit``, ``predict``,
 ``predict_proba``, ``decision_function``, ``predict_with_confidence`` (with an
 ``unknown_threshold`` and ``calibrate_unknown``), ``classes_``, ``forget``, ``nbytes``, ``save`` /
 ``load`` through :mod:`edge_cl.learner.checkpoint`, plus ``state_dict`` / ``from_state_dict``.

@@ -3,7 +3,7 @@
 :class:`Learner` is the one API of :class:`~edge_cl.learner.ar1.AR1Star` and its variants,
 :class:`~edge_cl.learner.baselines.NearestClassMean`,
 :class:`~edge_cl.learner.baselines.StreamingLDA` and the scikit-learn heads of
-:mod:`edge_cl.bench.sklearn_baselines`, so that the device loop and the study can host any of
+:mod:`edge_cl.learner.sklearn_heads`, so that the device loop and the study can host any of
 them (:mod:`edge_cl.learner.registry` names them). :func:`check_batch` and :func:`check_labels`
 are the one implementation of "a usable batch" and "one label per pattern", so every learner
 refuses bad input with the same ``FrameError`` / ``LabelError`` before anything changes.
@@ -24,7 +24,7 @@ from edge_cl.learner.replay import ReplayMemory
 
 POOLED_HINT = (
     ": (N, h, w, C) latents must be pooled first (the extractor's 'pool' cut, or "
-    "edge_cl.imagenet.PretrainedHead.pool)"
+    "edge_cl.extractor.imagenet.PretrainedHead.pool)"
 )
 LATENT_HINT = (
     ": pooled (N, C) features need a learner at depth 'pool' (or the extractor's 'latent' cut "

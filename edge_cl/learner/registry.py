@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from edge_cl.bench.sklearn_baselines import KNNHead, SGDHead
 from edge_cl.errors import CheckpointError, ConfigError
 from edge_cl.learner.ar1 import AR1Config, AR1Star, Cumulative, CWRStar, NaiveFineTune
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
 from edge_cl.learner.checkpoint import load_state
 from edge_cl.learner.protocol import Learner
+from edge_cl.learner.sklearn_heads import KNNHead, SGDHead
 
 DEPTHS = ("latent", "pool")
 DEFAULT_LEARNER = "ar1"
@@ -235,11 +235,12 @@ def make_learner(
 ) -> Learner:
     """A new learner ``name`` at ``depth`` (None: its default) with ``options``.
 
-    ``head`` holds the pretrained arrays above the latent cut (``edge_cl.imagenet.head_arrays``)
-    that the AR1* family starts from at depth latent (None: a random conv_head); the others
-    ignore it. ``extractor_sha256`` ties its checkpoints to the extractor. An unknown learner,
-    depth or option, or a bad value, is a ``ConfigError`` naming it, raised before anything is
-    built; the scikit-learn learners raise ``MissingExtraError`` without scikit-learn.
+    ``head`` holds the pretrained arrays above the latent cut
+    (``edge_cl.extractor.imagenet.head_arrays``) that the AR1* family starts from at depth latent
+    (None: a random conv_head); the others ignore it. ``extractor_sha256`` ties its checkpoints
+    to the extractor. An unknown learner, depth or option, or a bad value, is a ``ConfigError``
+    naming it, raised before anything is built; the scikit-learn learners raise
+    ``MissingExtraError`` without scikit-learn.
 
     >>> make_learner("ncm", unknown_threshold=0.5).unknown_threshold
     0.5

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from edge_cl.errors import CameraError, FrameError
-from edge_cl.preprocess import read_image
+from edge_cl.images import read_image
 from firmware_bridge.sources.base import (
     IMAGE_EXTENSIONS,
     CapturedFrame,

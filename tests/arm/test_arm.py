@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 import serial
 
-from edge_cl.backends import onnx, open_extractor
-from edge_cl.imagenet import head_arrays
+from edge_cl.extractor import onnx, open_extractor
+from edge_cl.extractor.imagenet import head_arrays
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.images import read_image
 from edge_cl.learner.ar1 import AR1Star
-from edge_cl.manifest import Manifest
-from edge_cl.preprocess import read_image
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.protocol import (
     Ack,
@@ -185,8 +185,8 @@ def test_device_path_imports() -> None:
         "serial",
         "cobs.cobs",
         "crc",
-        "edge_cl.backends.onnx",
-        "edge_cl.backends.litert",
+        "edge_cl.extractor.onnx",
+        "edge_cl.extractor.litert",
         "edge_cl.learner.baselines",
         "firmware_bridge.emulator",
     ):

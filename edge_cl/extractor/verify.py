@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_cl.backends import open_extractor
-from edge_cl.imagenet import PretrainedHead, imagenet_files, topk_hits
-from edge_cl.manifest import Manifest
-from edge_cl.preprocess import read_image
+from edge_cl.extractor import open_extractor
+from edge_cl.extractor.imagenet import PretrainedHead, imagenet_files, topk_hits
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.images import read_image
 
 FP32_TOP1_BAR = {128: 0.62, 224: 0.85}
 INT8_DROP_BAR = 0.03

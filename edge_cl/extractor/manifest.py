@@ -23,7 +23,7 @@ MANIFEST_VERSION = 1
 def default_models_dir() -> Path:
     """``$EDGE_CL_MODELS`` if set, else the ``models/`` folder of this checkout."""
     env = os.environ.get("EDGE_CL_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
 
 
 def sha256_file(path: Path) -> str:

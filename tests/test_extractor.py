@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_cl.backends import open_extractor
 from edge_cl.errors import BackendUnavailableError, FrameError, ManifestError
-from edge_cl.manifest import Manifest
-from edge_cl.preprocess import read_image
+from edge_cl.extractor import open_extractor
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.images import read_image
 
 RUNTIMES = ["onnx", "litert"]
 
@@ -37,7 +37,7 @@ def test_latents_are_channels_last_at_both_resolutions(
 def test_pool_cut_equals_latent_plus_pretrained_head(
     manifest: Manifest, frames: list[np.ndarray], runtime: str
 ) -> None:
-    from edge_cl.imagenet import PretrainedHead
+    from edge_cl.extractor.imagenet import PretrainedHead
 
     head = PretrainedHead.load(manifest.head())
     pool = open_extractor("pool", runtime, "int8", manifest=manifest).frames(frames)

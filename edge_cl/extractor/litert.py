@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_cl.backends.base import Extractor
 from edge_cl.errors import BackendUnavailableError
-from edge_cl.manifest import Artifact
+from edge_cl.extractor.base import Extractor
+from edge_cl.extractor.manifest import Artifact
 
 
 def interpreter_module() -> Any:

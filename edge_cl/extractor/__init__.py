@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-from edge_cl.backends.base import Extractor
 from edge_cl.errors import ManifestError
-from edge_cl.manifest import Manifest
+from edge_cl.extractor.base import Extractor
+from edge_cl.extractor.manifest import Manifest
 
 RUNTIME_FORMATS = {"onnx": "onnx", "onnxruntime": "onnx", "litert": "tflite", "tflite": "tflite"}
 
@@ -36,9 +36,9 @@ def open_extractor(
         raise ManifestError(f"unknown runtime {runtime!r}; choose one of {sorted(RUNTIME_FORMATS)}")
     artifact = (manifest or Manifest.load()).find(cut=cut, format=fmt, precision=precision)
     if fmt == "onnx":
-        from edge_cl.backends.onnx import OnnxExtractor
+        from edge_cl.extractor.onnx import OnnxExtractor
 
         return OnnxExtractor(artifact, resolution, threads, accelerators or ("cpu",))
-    from edge_cl.backends.litert import LiteRTExtractor
+    from edge_cl.extractor.litert import LiteRTExtractor
 
     return LiteRTExtractor(artifact, resolution, threads, accelerators or ("xnnpack",))

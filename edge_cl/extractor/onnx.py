@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_cl.backends.base import Extractor
 from edge_cl.errors import BackendUnavailableError
-from edge_cl.manifest import Artifact
+from edge_cl.extractor.base import Extractor
+from edge_cl.extractor.manifest import Artifact
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",

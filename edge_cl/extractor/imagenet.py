@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_cl.backends import Extractor
 from edge_cl.errors import FrameError, ManifestError
-from edge_cl.manifest import Artifact
-from edge_cl.preprocess import read_image
+from edge_cl.extractor import Extractor
+from edge_cl.extractor.manifest import Artifact
+from edge_cl.images import read_image
 
 HEAD_KEYS = ("conv_head.weight", "bn.gamma", "bn.beta", "bn.mean", "bn.var", "bn.eps")
 
@@ -36,7 +36,7 @@ def head_arrays(artifact: Artifact) -> dict[str, np.ndarray]:
 class PretrainedHead:
     """conv_head 1x1 (320->1280) + BatchNorm + ReLU6 + global average pool, then the FC.
 
-    >>> from edge_cl.manifest import Manifest
+    >>> from edge_cl.extractor.manifest import Manifest
     >>> head = PretrainedHead.load(Manifest.load().head())
     >>> head.logits(np.zeros((1, 4, 4, 320), np.float32)).shape
     (1, 1000)

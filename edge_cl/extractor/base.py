@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from edge_cl.errors import FrameError
-from edge_cl.manifest import Artifact
+from edge_cl.extractor.manifest import Artifact
 from edge_cl.preprocess import Preprocessing
 
 
