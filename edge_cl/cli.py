@@ -25,7 +25,7 @@ from edge_cl.extractor import onnx as onnx_backend
 from edge_cl.extractor.imagenet import PretrainedHead, imagenet_files
 from edge_cl.extractor.manifest import Manifest
 from edge_cl.images import read_image
-from edge_cl.perf import add_perf_command
+from edge_cl.perf.cli import add_perf_command
 from edge_cl.sysinfo import cores, cpu_features
 
 

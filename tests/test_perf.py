@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,9 @@ from edge_cl.device.classifier import resume_learner
 from edge_cl.device.config import load_config
 from edge_cl.extractor.manifest import Manifest
 from edge_cl.learner.registry import learner_name
-from edge_cl.perf import PerfError, PerfSettings, Target, bench_loop, seed_checkpoint, targets
+from edge_cl.perf.loop import seed_checkpoint
+from edge_cl.perf.settings import PerfError, PerfSettings
+from edge_cl.perf.targets import Target, targets
 
 TINY = [
     "bench-perf",
@@ -158,14 +159,6 @@ def test_bad_options_are_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown section" in capsys.readouterr().err
     with pytest.raises(PerfError, match="must be >= 1"):
         PerfSettings(repeats=0)
-
-
-def test_loop_section_says_why_it_did_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "edge_cl.device.control", None)  # import fails
-    loop = bench_loop(PerfSettings(sections=("loop",)), None, print)
-    assert loop["skipped"].startswith("edge_cl.device is not usable yet")
-    by_text = {t.text: t for t in targets({"loop": loop})}
-    assert by_text["device loop peak RSS"].status(False) == "not measured"
 
 
 @pytest.mark.parametrize(("learner", "fill"), [("slda", 0), ("ar1", 40)])
