@@ -2,15 +2,15 @@
 tampered model, unusable checkpoints, bad frames, bad labels and requests, garbled serial
 frames, and the loop overloaded on one thread under a memory limit.
 
-The longer runs of the same checks are scripts: ``scripts/crash_checkpoints.py`` (200 kills),
-``scripts/fuzz_decoder.py`` (1e6 streams) and ``scripts/soak.py`` (100k frames); their figures
+The longer runs of the same checks: ``tests/harness/crash_checkpoints.py`` (200 kills),
+``tests/harness/fuzz_decoder.py`` (1e6 streams) and ``scripts/soak.py`` (100k frames); their figures
 are in ``docs/results/faults.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import itertools
 import json
 import os
 import random
@@ -26,11 +26,13 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from harness import crash_checkpoints as crash
+from harness import fuzz_decoder as fuzz
+from harness.classified import Classified
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -46,19 +48,6 @@ from firmware_bridge.protocol import MAX_ENCODED_FRAME, encode
 from firmware_bridge.sources import CapturedFrame, FrameSource, SyntheticScene
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def script(name: str) -> ModuleType:
-    """``scripts/<name>.py`` as a module (scripts is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-crash = script("crash_checkpoints")
-fuzz = script("fuzz_decoder")
 
 
 def edge_cl_run(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
@@ -95,7 +84,7 @@ def serve(state: Path, sock: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def ask(sock: Path, proc: subprocess.Popen[bytes], request: dict[str, Any]) -> dict[str, Any]:
+def ask(sock: Path, proc: subprocess.Popen[Any], request: dict[str, Any]) -> dict[str, Any]:
     """``request``'s reply, once the service answers (it may still be starting)."""
     for _ in range(600):
         assert proc.poll() is None, "edge-cl run exited"
@@ -106,7 +95,8 @@ def ask(sock: Path, proc: subprocess.Popen[bytes], request: dict[str, Any]) -> d
     raise AssertionError("the control socket never answered")
 
 
-def teach(sock: Path, proc: subprocess.Popen[bytes], label: str, wait: bool) -> dict[str, Any]:
+def teach(sock: Path, proc: subprocess.Popen[Any], label: str, wait: bool) -> dict[str, Any]:
+    """Teach ``label`` until the service counted five camera frames of it, then stop."""
     assert ask(sock, proc, {"cmd": "teach", "label": label})["ok"]
     while ask(sock, proc, {"cmd": "status"})["teach_frames"] < 5:  # camera frames, counted
         threading.Event().wait(0.02)
@@ -216,18 +206,9 @@ def test_disk_full_on_the_device_is_reported_and_keeps_learning_and_the_old_stat
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert send_command(sock, {"cmd": "labels"})["labels"] == ["mug"]
-                break
-            except ControlError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.2)
-        assert send_command(sock, {"cmd": "teach", "label": "wall"})["ok"]
-        time.sleep(0.5)
-        reply = send_command(sock, {"cmd": "stop", "wait": True}, timeout=60)
-        labels = send_command(sock, {"cmd": "labels"})["labels"]
+        assert ask(sock, proc, {"cmd": "labels"})["labels"] == ["mug"]
+        reply = teach(sock, proc, "wall", wait=True)
+        labels = ask(sock, proc, {"cmd": "labels"})["labels"]
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -505,7 +486,8 @@ def test_any_array_is_a_latent_or_a_frame_error(classifier: Classifier, frame: n
 
 
 class GlitchySource(FrameSource):
-    """A camera that sometimes delivers an empty buffer, paced so the loop sees every frame."""
+    """A camera that sometimes delivers an empty buffer, read on demand so the loop sees every
+    frame (the reader waits for each to be taken before reading the next)."""
 
     name = "glitchy"
 
@@ -513,10 +495,13 @@ class GlitchySource(FrameSource):
         self.shapes = shapes
         self.index = 0
 
+    @property
+    def on_demand(self) -> bool:
+        return True
+
     def read(self) -> CapturedFrame | None:
         if self.index == len(self.shapes):
             return None
-        time.sleep(0.05)
         image = np.full((*self.shapes[self.index], 3), 128, np.uint8)
         self.index += 1
         return CapturedFrame(image, time.monotonic(), self.index - 1)
@@ -527,7 +512,7 @@ def test_the_loop_drops_and_counts_unusable_frames_from_its_source(tmp_path: Pat
     config = DeviceConfig(state_dir=tmp_path, control_socket=tmp_path / "c.sock", threads=1)
     summary = DeviceLoop(config, GlitchySource(shapes)).run()
     assert summary["stopped_by"] == "end of source"
-    assert summary["source"]["dropped"] == 0  # paced: each frame reached the loop
+    assert summary["source"]["dropped"] == 0  # on demand: each frame reached the loop
     assert (summary["frames"], summary["bad_frames"]) == (4, 4)
 
 
@@ -535,17 +520,20 @@ def test_the_loop_drops_and_counts_unusable_frames_from_its_source(tmp_path: Pat
 
 
 @pytest.fixture(scope="module")
-def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DeviceLoop, Path]]:
-    """A real device loop on a synthetic scene, serving its control socket."""
+def device(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[DeviceLoop, Path, Classified]]:
+    """A real device loop on a synthetic scene, serving its control socket, and its observer."""
     folder = tmp_path_factory.mktemp("device")
     path = folder / "ctl.sock"
     config = DeviceConfig(state_dir=folder / "state", control_socket=path, threads=1)
-    loop = DeviceLoop(config, SyntheticScene(size=(160, 120), fps=30))
+    classified = Classified()
+    loop = DeviceLoop(config, SyntheticScene(size=(160, 120), fps=30), observer=classified)
     thread = threading.Thread(target=loop.run)
     thread.start()
     try:
         assert loop.ready.wait(60), "the loop did not classify a frame within 60 s"
-        yield loop, path
+        yield loop, path, classified
     finally:
         loop.request_stop()
         thread.join(60)
@@ -591,19 +579,16 @@ def raw(path: Path, data: bytes) -> dict[str, Any]:
     ids=lambda value: value[:24].decode(errors="replace") if isinstance(value, bytes) else "",
 )
 def test_bad_requests_get_a_clear_error_and_the_device_keeps_serving(
-    device: tuple[DeviceLoop, Path], data: bytes, error: str
+    device: tuple[DeviceLoop, Path, Classified], data: bytes, error: str
 ) -> None:
-    loop, path = device
-    frames = loop.status()["frames"]
+    loop, path, classified = device
+    frames = classified.count
     reply = raw(path, data)
     assert reply["ok"] is False and error in reply["error"], reply
     assert "internal error" not in reply["error"]
     assert send_command(path, {"cmd": "labels"}) == {"ok": True, "labels": []}
     assert loop.status()["teaching"] is None
-    deadline = time.monotonic() + 5
-    while loop.status()["frames"] == frames:  # still classifying
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    classified.beyond(frames)  # still classifying
 
 
 ODD_CHARACTERS = "\ud800\udfff\x00\n\u200b"
@@ -613,9 +598,9 @@ ODD_CHARACTERS = "\ud800\udfff\x00\n\u200b"
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.characters() | st.sampled_from(ODD_CHARACTERS), max_size=80).map("".join))
 def test_any_label_is_taught_or_refused_with_a_label_error(
-    device: tuple[DeviceLoop, Path], label: str
+    device: tuple[DeviceLoop, Path, Classified], label: str
 ) -> None:
-    loop, path = device
+    loop, path, _ = device
     reply = send_command(path, {"cmd": "teach", "label": label})
     loop.abandon_teach()
     received = json.loads(json.dumps(label))  # JSON joins an escaped surrogate pair into one
@@ -636,9 +621,9 @@ def test_any_label_is_taught_or_refused_with_a_label_error(
     st.one_of(st.binary(max_size=300), st.dictionaries(st.text(max_size=8), st.text(max_size=8)))
 )
 def test_any_request_line_gets_a_json_reply(
-    device: tuple[DeviceLoop, Path], request: bytes | dict[str, str]
+    device: tuple[DeviceLoop, Path, Classified], request: bytes | dict[str, str]
 ) -> None:
-    loop, path = device
+    loop, path, _ = device
     line = json.dumps(request).encode() if isinstance(request, dict) else request
     assume(line.strip())  # blank lines are skipped without a reply
     reply = raw(path, line.replace(b"\n", b" ") + b"\n")
@@ -655,7 +640,7 @@ def test_any_request_line_gets_a_json_reply(
 @settings(max_examples=300, deadline=None)
 @given(st.randoms(use_true_random=False))
 def test_garbled_serial_streams_are_accounted_for_exactly(rng: random.Random) -> None:
-    """The exact model of ``scripts/fuzz_decoder.py`` (its long run: docs/results/faults.md)."""
+    """The exact model of ``tests/harness/fuzz_decoder.py`` (long run: docs/results/faults.md)."""
     fuzz.check_stream(fuzz.random_stream(rng))  # asserts the exact accounting
 
 
@@ -668,28 +653,57 @@ def test_the_fuzz_model_counts_a_long_tail_as_oversized() -> None:
 # --- limits: one thread, a memory cap, a slow sink ---------------------------------------------
 
 LIMITS = """
-import json, sys, time
+import json, sys, threading, time
 from pathlib import Path
-import numpy as np
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.loop import DeviceLoop
-from firmware_bridge.sources import SyntheticScene
+from firmware_bridge.sources import FrameSource, SyntheticScene
 
 def vm(key):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
 
-latency, rss = [], []
-def slow_sink(frame, verdict):  # a slow display or link, on the loop's thread
+class Counted(FrameSource):
+    # The scene, counting what its reader thread stored: the reader asks for a frame only once
+    # it has stored the one before in its slot (taken or not).
+    name = "synthetic"
+
+    def __init__(self, scene):
+        self.scene, self.cond = scene, threading.Condition()
+        self.reads, self.stored, self.last, self.newest, self.read_number = 0, 0, -1, -1, {}
+
+    def open(self):
+        self.scene.open()
+
+    def close(self):
+        self.scene.close()
+
+    def read(self):
+        with self.cond:
+            self.stored, self.newest = self.reads, self.last
+            self.cond.notify_all()
+        frame = self.scene.read()
+        with self.cond:
+            self.reads += 1
+            self.last, self.read_number[frame.index] = frame.index, self.reads
+        return frame
+
+latency, rss, taken = [], [], []
+def slow_sink(frame, verdict):  # a sink slower than the camera, on the loop's thread
     latency.append(1000 * (time.monotonic() - frame.timestamp))
     rss.append(vm("VmRSS"))
-    time.sleep(0.04)
+    with source.cond:  # done once three newer frames were stored: two of them are dropped
+        ahead = lambda: source.stored >= source.read_number[frame.index] + 3
+        assert source.cond.wait_for(ahead, 60), "the camera stopped"
+        taken.append([frame.index, source.newest])
 
 state = Path(sys.argv[1])
-config = DeviceConfig(state_dir=state, control_socket=state / "c.sock", threads=1, max_seconds=4)
-scene = SyntheticScene(size=(320, 240), fps=500)  # a camera far faster than the sink
+config = DeviceConfig(state_dir=state, control_socket=state / "c.sock", threads=1, max_frames=100)
+scene = SyntheticScene(size=(320, 240), fps=500)
 scene.show("red cube")
-summary = DeviceLoop(config, scene, observer=slow_sink).run()
-print(json.dumps({"summary": summary, "latency": latency, "rss": rss, "peak": vm("VmPeak")}))
+source = Counted(scene)
+summary = DeviceLoop(config, source, observer=slow_sink).run()
+out = {"summary": summary, "latency": latency, "rss": rss, "taken": taken, "peak": vm("VmPeak")}
+print(json.dumps(out))
 """
 MEMORY_LIMIT = 1 << 30
 """Address space allowed: VmPeak measured 675 MiB here (one extractor thread, single-threaded
@@ -716,12 +730,11 @@ def test_overloaded_loop_drops_old_frames_keeps_the_newest_and_does_not_grow(
         f" latency median {np.median(latency):.1f} ms p95 {np.percentile(latency, 95):.1f} ms,"
         f" RSS {rss[10]:.0f} -> {rss[-1]:.0f} MiB, VmPeak {out['peak']:.0f} MiB"
     )
-    assert summary["frames"] >= 30  # 40 ms a frame in the sink: about 25 per second
-    assert source["dropped"] > 2 * summary["frames"]  # the camera is far faster: frames dropped
+    assert summary["stopped_by"] == "max_frames" and summary["frames"] == len(latency) == 100
     assert source["delivered"] == summary["frames"]
-    # capture -> prediction stays short: the frame taken is the newest, no queue builds up
-    quarter = len(latency) // 4
-    assert np.percentile(latency, 95) < 150
-    assert np.median(latency[-quarter:]) < 2 * np.median(latency[:quarter]) + 20
+    assert source["dropped"] >= 2 * summary["frames"]  # the sink waited for 3 newer each
+    # the frame taken next is the newest stored while the sink ran, never an older, queued one
+    taken = out["taken"]
+    assert all(later >= newest for (_, newest), (later, _) in itertools.pairwise(taken)), taken
     assert rss[-1] - rss[10] < 10  # MiB, after warm-up
     assert out["peak"] < MEMORY_LIMIT / 2**20

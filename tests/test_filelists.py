@@ -222,12 +222,15 @@ def test_a_fifo_named_like_a_filelist_is_refused_not_waited_on(
     os.mkfifo(fifo)
 
     def feed() -> None:  # blocks until a reader opens the FIFO: reading it would succeed
-        with contextlib.suppress(BrokenPipeError):  # the reader below closes at once
+        with contextlib.suppress(BrokenPipeError):  # should load_filelists read and close it first
             fifo.write_text(GOOD)
 
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
     with pytest.raises(DatasetError, match=r"train_batch_01_filelist\.txt is not a regular file"):
         load_filelists(core50_root, folder)
-    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # let the writer finish
+    # A reader held open until the writer is done lets it finish whether its open() came before
+    # this one or comes after (a reader that opened and closed first would leave it blocked).
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     writer.join()
+    os.close(reader)

@@ -88,7 +88,7 @@ class DeviceConfig:
       so the device runs the learner the study measures. For the AR1* family ``replay_grid`` is
       true or false: with an int8 model, store replay as the model's own output codes (exact,
       1.5x the patterns in ``replay_mb``; measured with earlier defaults in
-      ``docs/results/learner_tuning.md``). A resumed checkpoint keeps what it was
+      ``experiments/results/learner_tuning.md``). A resumed checkpoint keeps what it was
       made with, but for ``epochs`` and ``replay_per_epoch``.
     - ``learning_fps``: while the learner trains, frames are classified at most this often, so
       the update gets the cores and a teach is learned sooner (0: no limit).

@@ -88,7 +88,7 @@ def latent_summary(latents: np.ndarray, features: str = "mean_std") -> np.ndarra
 class AR1Config:
     """Hyperparameters of :class:`AR1Star`. ``docs/results/learner_generalisation.md`` says how
     the defaults were chosen on the dev suite and how they did on the holdout suite;
-    ``docs/results/learner_tuning.md`` logs the probes of earlier sessions.
+    ``experiments/results/learner_tuning.md`` logs the probes of earlier sessions.
 
     - ``depth``: ``"latent"`` trains conv_head + output on (N, h, w, 320) latents; ``"pool"``
       trains the output layer alone on (N, 1280) pooled features.
@@ -104,14 +104,14 @@ class AR1Config:
       all). Everything above the cut acts on one position at a time until the global average,
       so the mean over a random subset is an unbiased, noisier estimate of the pooled feature;
       prediction uses every position. 8 of the 4x4 at 128 px halves an update's compute and
-      fits 1.7x the patterns in the replay memory (``docs/results/learner_tuning.md``).
+      fits 1.7x the patterns in the replay memory (``experiments/results/learner_tuning.md``).
     - ``cwr``: CWR* on the output layer; off, the output layer is fine-tuned like any layer.
     - ``train_latent_layers``: off, conv_head and its normalisation stay as pretrained;
       ``latent_lr_scale``: their learning rate as a multiple of the output layer's. The defaults,
       ``lr`` 0.005 after the first batch with the latent layers at 18x (0.09, as before), and
       ``brn_momentum`` 1e-3, keep BRN's running statistics close to the drifting conv_head, so
       that the output layer is trained on the features it is evaluated with
-      (``docs/results/learner_tuning.md``, sixth session).
+      (``experiments/results/learner_tuning.md``, sixth session).
     - ``replay_mb``, ``replay_codec`` (``uint8``, ``uint4``, ``float32``), ``replay_policy``
       (``class_balanced``: an equal share per class, +3 points on the clutter protocol;
       ``uniform``: the reference rule): the latent replay memory; 0 MB disables replay.

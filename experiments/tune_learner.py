@@ -1,6 +1,6 @@
 """AR1* configurations on orderings of a study scenario: the tool behind the tuning notes.
 
-    python scripts/tune_learner.py cifar10-nic --seed 0,1,2 --depth latent \\
+    python experiments/tune_learner.py cifar10-nic --seed 0,1,2 --depth latent \\
         '{"brn_momentum": 1e-3}' '{"replay_per_epoch": 512}'
 
 Each JSON argument is a set of ``AR1Config`` overrides on top of the study's settings (8 MB
@@ -8,7 +8,7 @@ replay, 4 epochs, the rest ``AR1Config``'s defaults); ``{}`` is the baseline. ``
 stores replay as codes on the int8 extractor's output grid (``AR1Config.replay_grid``).
 ``--cumulative`` runs cumulative retraining with the overrides instead. Prints final and
 intermediate accuracy, FLOPs and seconds; numpy runs on one thread.
-Results are in ``docs/results/learner_tuning.md``.
+Results are in ``experiments/results/learner_tuning.md``.
 
 ``--diagnose`` (AR1* at depth ``latent``) trains over each ordering, then prints where AR1*
 loses accuracy, on the held-out test set:

@@ -17,7 +17,7 @@ seconds (many saves long), then checks:
 - a temporary file left by the kill marks a kill inside a write; leftovers are kept on purpose
   across trials, and must not break the next child's saves nor a final save.
 
-Usage: ``python scripts/crash_checkpoints.py [--trials 200] [--window 0.5] [--json OUT]``
+Usage: ``python tests/harness/crash_checkpoints.py [--trials 200] [--window 0.5] [--json OUT]``
 (prints a JSON summary; exit status 1 if any trial failed).
 """
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="crash-ckpt-") as tmp:
         summary = run_trials(args.trials, Path(tmp), window=args.window, seed=args.seed)
-    summary["command"] = "python scripts/crash_checkpoints.py " + " ".join(sys.argv[1:])
+    summary["command"] = "python tests/harness/crash_checkpoints.py " + " ".join(sys.argv[1:])
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json is not None:

@@ -1,4 +1,4 @@
-"""Fuzz the serial ``Decoder`` (``firmware_bridge.protocol``): garbled frames must never hurt it.
+"""Fuzz the serial ``Decoder`` (``firmware_bridge.protocol.framing``): garbage must not hurt it.
 
 Why: the host reads whatever the MCU's serial line delivers (noise, a peer rebooting mid-frame,
 a wrong baud rate). The decoder promises to never raise, to buffer at most
@@ -15,8 +15,9 @@ runs, and payload edits with the CRC recomputed (to reach the message parsers); 
 fed in random chunks. ``atheris`` (``pip install atheris``) runs coverage-guided libFuzzer on
 raw bytes, with the first bytes choosing the chunking.
 
-Usage: ``python scripts/fuzz_decoder.py [--engine mutate|atheris] [--inputs 1000000]
+Usage: ``python tests/harness/fuzz_decoder.py [--engine mutate|atheris] [--inputs 1000000]
 [--seed 0] [--json OUT]``; prints a JSON summary, exit status 1 if any input failed.
+``tests/test_faults.py`` runs the same model on a few hundred streams per CI run.
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
-    command = "python scripts/fuzz_decoder.py " + " ".join(sys.argv[1:])
+    command = "python tests/harness/fuzz_decoder.py " + " ".join(sys.argv[1:])
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
     if args.engine == "atheris":

@@ -6,7 +6,8 @@ Test images of seen classes are split in two: one half calibrates the confidence
 then classified. Rejection is scored as a detector of unseen classes: precision and recall of
 "unknown", plus accuracy on the accepted known-class images.
 
-    python scripts/unknown_rejection.py --scenario coil100-sessions --json docs/results/unknown.json
+    python experiments/unknown_rejection.py --scenario coil100-sessions \
+        --json experiments/results/unknown_rejection.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where one teach of the device goes: time and memory of each step of a learn job.
 
-    python scripts/profile_teach.py [--replay 1500] [--frames 30] [--repeats 3] [--cprofile]
+    python experiments/profile_teach.py [--replay 1500] [--frames 30] [--repeats 3] [--cprofile]
 
 Builds the device's default learner (latent depth, LiteRT int8 at 128 px) with its replay memory
 full of ``--replay`` patterns, then runs what ``LearnerWorker`` runs for one teach of
@@ -8,7 +8,7 @@ full of ``--replay`` patterns, then runs what ``LearnerWorker`` runs for one tea
 write the checkpoint. Prints seconds per step (median of ``--repeats``) and the peak of traced
 numpy/Python memory per step (tracemalloc, over what was live before the step), and with
 ``--cprofile`` the functions the update spends its time in. Figures are in
-``docs/results/perf_profile.md``.
+``experiments/results/perf_profile.md``.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_cl import perf
 from edge_cl.device.classifier import Classifier
 from edge_cl.device.config import load_config
 from edge_cl.device.worker import calibrate_on_replay
-from edge_cl.learner.ar1 import AR1Star
+from edge_cl.learner.protocol import Learner
+from edge_cl.perf.loop import seed_checkpoint
 
 
 def main() -> None:
@@ -44,14 +44,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         config = load_config(None, {"source": "synthetic", "state_dir": str(tmp / "state")})
-        filled = perf.seed_checkpoint(config, args.replay)
+        filled = seed_checkpoint(config, args.replay)
         classifier = Classifier.open(config)
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 256, (480, 640, 3), np.uint8) for _ in range(args.frames)]
         latents = classifier.latents(frames)
         print(f"learner: {config.cut} depth, {filled} replay patterns, {args.frames} new latents")
 
-        model: AR1Star = classifier.learner
+        model: Learner = classifier.learner
 
         def step_copy() -> None:
             nonlocal model
