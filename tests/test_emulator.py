@@ -17,7 +17,8 @@ import pytest
 import serial
 
 from edge_cl.errors import ProtocolError
-from firmware_bridge.emulator import Command, Emulator, FdPort, main, parse_script
+from firmware_bridge.emulator import Command, Emulator, FdPort, parse_script
+from firmware_bridge.emulator.cli import main
 from firmware_bridge.protocol import (
     Ack,
     Forget,

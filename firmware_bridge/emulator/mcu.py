@@ -1,41 +1,21 @@
-"""An emulated companion MCU speaking the serial protocol, so the host runs without hardware.
+"""The emulated MCU: answers the host like firmware would, presses its buttons, records frames.
 
 It plays the firmware's part of ``PROTOCOL.md``: it answers every host request with an ACK,
 answers the host's HELLO with its own, sends the requests its (scripted) buttons would send,
 waiting for their ACKs and retrying like firmware would, and records every frame it sends and
 receives (in memory and, optionally, as JSON lines in a file).
-
-It talks over a pseudo-terminal, whose slave path the host opens with pyserial exactly like a
-real ``/dev/ttyACM0``, or over any pyserial URL or device. As a process::
-
-    python -m firmware_bridge.emulator --pty --record frames.jsonl \\
-        --script "connect; teach cup 2.0; forget mug; save; wait 1"
-
-prints the device path on its first stdout line, runs the script, then a JSON summary, and exits
-1 if a request went unanswered. See ``SCRIPT_HELP`` for the script commands.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import errno
-import fcntl
 import json
-import math
 import os
 import random
-import select
-import shlex
-import signal
-import struct
-import sys
-import termios
 import threading
 import time
 import tty
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,6 +23,8 @@ from typing import Any
 import serial
 
 from edge_cl.errors import ProtocolError
+from firmware_bridge.emulator.ports import FdPort
+from firmware_bridge.emulator.script import Command, parse_script
 from firmware_bridge.protocol import (
     DELIMITER,
     Ack,
@@ -69,156 +51,6 @@ DEFAULT_HELLO = Hello(
     "edge-cl-emu", (1, 0, 0), buttons=3, leds=2, display_width=128, display_height=64
 )
 """The capabilities the emulator announces unless told otherwise."""
-
-MAX_GARBAGE = 4096
-
-_COMMANDS = {
-    "hello": ("hello", "send HELLO, wait for its ACK"),
-    "connect": ("connect [SECONDS=5]", "wait for the host's HELLO (answered with ACK + HELLO)"),
-    "teach": ("teach LABEL [SECONDS=2]", "hold teach: TEACH_START, wait SECONDS, TEACH_STOP"),
-    "start": ("start LABEL", "press teach: TEACH_START"),
-    "stop": ("stop", "press stop: TEACH_STOP"),
-    "forget": ("forget LABEL", "FORGET the class LABEL"),
-    "save": ("save", "SAVE"),
-    "wait": ("wait SECONDS", "keep answering the host for SECONDS"),
-    "garbage": ("garbage COUNT", "COUNT random bytes then 0x00 (line noise, reset mid-frame)"),
-}
-_SYNTAX = {name: syntax for name, (syntax, _) in _COMMANDS.items()}
-
-SCRIPT_HELP = "\n".join(
-    [
-        "script: commands separated by ';' or newlines, '#' starts a comment, quote labels"
-        " with spaces.",
-        *(f"  {syntax:<25}{what}" for syntax, what in _COMMANDS.values()),
-        "Every request waits for the host's ACK/NACK, resent with the same seq on timeout.",
-    ]
-)
-
-
-class FdPort:
-    """A ``Port`` over a raw file descriptor, such as the master end of a pseudo-terminal.
-
-    ``read`` waits at most ``timeout`` seconds for data. ``write`` gives up after
-    ``write_timeout`` seconds if nobody drains the other end (a UART would lose those bytes
-    too) and counts what it could not write in ``dropped``. The caller owns the descriptor.
-
-    >>> read_end, write_end = os.pipe()
-    >>> port, peer = FdPort(read_end), FdPort(write_end)
-    >>> peer.write(b"\\x01\\x02"), port.in_waiting, port.read(8), port.read(8)
-    (2, 2, b'\\x01\\x02', b'')
-    >>> os.close(read_end); os.close(write_end)
-    """
-
-    def __init__(self, fd: int, *, timeout: float = 0.05, write_timeout: float = 1.0) -> None:
-        self.fd = fd
-        self.timeout = timeout
-        self.write_timeout = write_timeout
-        self.dropped = 0
-        os.set_blocking(fd, False)
-
-    @property
-    def in_waiting(self) -> int:
-        """Bytes readable now without waiting."""
-        count = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
-        return int(struct.unpack("i", count)[0])
-
-    def read(self, size: int = 1) -> bytes:
-        """Up to ``size`` bytes, or ``b""`` if none came within ``timeout``."""
-        ready, _, _ = select.select([self.fd], [], [], self.timeout)
-        if not ready:
-            return b""
-        try:
-            return os.read(self.fd, size)
-        except BlockingIOError:
-            return b""
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-            time.sleep(self.timeout)  # a pty whose other end is closed: wait for a reopen
-            return b""
-
-    def write(self, data: bytes) -> int:
-        """Write ``data``; returns how many bytes went out before ``write_timeout``."""
-        view = memoryview(data)
-        written = 0
-        deadline = time.monotonic() + self.write_timeout
-        while written < len(view):
-            try:
-                written += os.write(self.fd, view[written:])
-            except BlockingIOError:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not select.select([], [self.fd], [], remaining)[1]:
-                    break
-        self.dropped += len(view) - written
-        return written
-
-
-@dataclass(frozen=True)
-class Command:
-    """One step of an emulator script, as ``parse_script`` reads it (see ``SCRIPT_HELP``).
-
-    >>> Command("teach", label="cup", seconds=2.0)
-    Command(name='teach', label='cup', seconds=2.0, count=0)
-    """
-
-    name: str
-    label: str = ""
-    seconds: float = 0.0
-    count: int = 0
-
-
-def _parse_step(tokens: list[str], where: str) -> Command:
-    name, args = tokens[0].lower(), tokens[1:]
-    if name not in _SYNTAX:
-        raise ProtocolError(f"{where}: unknown command {name!r}, expected one of {list(_SYNTAX)}")
-    params = _SYNTAX[name].split()[1:]
-    required = [param for param in params if not param.startswith("[")]
-    if not len(required) <= len(args) <= len(params):
-        raise ProtocolError(f"{where}: expected `{_SYNTAX[name]}`")
-    values: dict[str, str] = {}
-    for index, param in enumerate(params):
-        key, _, default = param.strip("[]").partition("=")
-        values[key] = args[index] if index < len(args) else default
-    label = values.get("LABEL", "")
-    if "LABEL" in values:
-        try:
-            TeachStart(label)
-        except ProtocolError as exc:
-            raise ProtocolError(f"{where}: {exc}") from exc
-    try:
-        seconds = float(values.get("SECONDS", "0"))
-        count = int(values.get("COUNT", "0"))
-    except ValueError as exc:
-        raise ProtocolError(f"{where}: {exc}; expected `{_SYNTAX[name]}`") from exc
-    if not (math.isfinite(seconds) and seconds >= 0 and 0 <= count <= MAX_GARBAGE):
-        raise ProtocolError(f"{where}: SECONDS must be >= 0, COUNT in [0, {MAX_GARBAGE}]")
-    return Command(name, label, seconds, count)
-
-
-def parse_script(text: str) -> list[Command]:
-    """The commands of an emulator script; raises ProtocolError naming the line that is wrong.
-
-    >>> parse_script("hello; teach 'coffee cup' 1.5  # hold for 1.5 s\\nsave")
-    [Command(name='hello', label='', seconds=0.0, count=0), \
-Command(name='teach', label='coffee cup', seconds=1.5, count=0), \
-Command(name='save', label='', seconds=0.0, count=0)]
-    """
-    commands: list[Command] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        lexer = shlex.shlex(line, posix=True, punctuation_chars=";")
-        lexer.whitespace_split = True
-        try:
-            tokens = list(lexer)
-        except ValueError as exc:
-            raise ProtocolError(f"script line {number}: {exc}: {line!r}") from exc
-        step: list[str] = []
-        for token in [*tokens, ";"]:
-            if token != ";":
-                step.append(token)
-            elif step:
-                commands.append(_parse_step(step, f"script line {number}, {' '.join(step)!r}"))
-                step = []
-    return commands
 
 
 class Emulator:
@@ -552,79 +384,3 @@ class Emulator:
             if self._record_path is not None:  # appended line by line: complete even if killed
                 with self._record_path.open("a", encoding="utf-8") as file:
                     file.write(json.dumps(entry) + "\n")
-
-
-def _display(text: str) -> tuple[int, int]:
-    width, _, height = text.lower().partition("x")
-    try:
-        return int(width), int(height)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from exc
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the emulator as a process; returns the exit status (1: a request went unanswered)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m firmware_bridge.emulator",
-        description="An emulated companion MCU speaking the edge_cl serial protocol.",
-        epilog=SCRIPT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument(
-        "--pty", action="store_true", help="create a pseudo-terminal, print its path first"
-    )
-    where.add_argument("--port", metavar="URL", help="serial device or pyserial URL to use")
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--script", help="script text (see below)")
-    what.add_argument("--script-file", type=Path, help="file holding the script")
-    parser.add_argument("--record", type=Path, help="write every frame as a JSON line here")
-    parser.add_argument(
-        "--linger",
-        type=float,
-        help="seconds to keep answering after the script (default 0; no script: until killed)",
-    )
-    parser.add_argument("--ack-timeout", type=float, default=0.5, help="seconds (default 0.5)")
-    parser.add_argument("--retries", type=int, default=2, help="resends of a request (default 2)")
-    parser.add_argument("--name", default=DEFAULT_HELLO.firmware_name, help="firmware name")
-    parser.add_argument("--buttons", type=int, default=DEFAULT_HELLO.buttons, help="in HELLO")
-    parser.add_argument("--leds", type=int, default=DEFAULT_HELLO.leds, help="in HELLO")
-    parser.add_argument(
-        "--display", type=_display, default=(128, 64), metavar="WxH", help="in HELLO (0x0: none)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        text = args.script_file.read_text(encoding="utf-8") if args.script_file else args.script
-        commands = parse_script(text or "")
-        hello = Hello(
-            args.name, DEFAULT_HELLO.firmware_version, args.buttons, args.leds, *args.display
-        )
-    except (OSError, ProtocolError) as exc:
-        parser.error(str(exc))
-    options: dict[str, Any] = {
-        "hello": hello,
-        "ack_timeout": args.ack_timeout,
-        "retries": args.retries,
-        "record": args.record,
-    }
-    try:
-        emulator = (
-            Emulator.over_pty(**options) if args.pty else Emulator.over_url(args.port, **options)
-        )
-    except OSError as exc:
-        parser.exit(1, f"cannot open the port: {exc}\n")
-    with emulator:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: emulator.stop())
-        print(emulator.device_path or args.port, flush=True)
-        emulator.start()
-        emulator.run_script(commands)
-        linger = args.linger if args.linger is not None else (0.0 if commands else None)
-        emulator.wait(linger)
-    summary = emulator.summary()
-    print(json.dumps(summary), flush=True)
-    return 1 if emulator.timeouts or emulator.port_error else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
