@@ -205,7 +205,7 @@ def test_sklearn_baselines_learn_new_classes_over_time() -> None:
 
 def test_tune_diagnose_measures_batch_renorm_staleness_without_changing_the_learner() -> None:
     spec = importlib.util.spec_from_file_location(
-        "tune_learner", Path(__file__).parents[1] / "scripts/tune_learner.py"
+        "tune_learner", Path(__file__).parents[1] / "experiments/tune_learner.py"
     )
     assert spec is not None and spec.loader is not None
     tune_learner = importlib.util.module_from_spec(spec)

@@ -4,18 +4,19 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from edge_cl.device.classifier import Classifier, Verdict, new_learner, resume_learner
 from edge_cl.device.config import DeviceConfig
+from edge_cl.device.state import DeviceState
 from edge_cl.device.worker import MAX_QUEUED_UPDATES, JobResult, LearnerWorker, WorkerBusy
 from edge_cl.extractor.manifest import Manifest
 from edge_cl.images import read_image
 from edge_cl.learner.ar1 import AR1Star
 from edge_cl.learner.registry import learner_depth, learner_name, load_learner
-from firmware_bridge.protocol import LearnerState
 
 OBJECTS = ("obj3", "obj11", "obj25", "obj40")
 
@@ -64,7 +65,7 @@ def test_learning_swaps_the_model_and_checkpoints(
         second = worker.learn("obj11", latents["obj11"][:30]).result(60)
         assert second.ok and second.checkpoint_bytes == checkpoint.stat().st_size
         assert not worker.dirty and not worker.busy
-    assert 0 < first.update_seconds <= first.latency_seconds < 30
+    assert 0 < first.update_seconds <= first.latency_seconds
     assert AR1Star.load(checkpoint).classes_ == ["obj3", "obj11"]
     assert [s.name for s in states[:3]] == ["LEARNING", "SAVING", "IDLE"]
     held_out = classifier.predict(latents["obj11"][30:])
@@ -72,8 +73,22 @@ def test_learning_swaps_the_model_and_checkpoints(
 
 
 def test_inference_during_training_answers_with_the_old_model(
-    classifier: Classifier, latents: dict[str, np.ndarray], tmp_path: Path
+    classifier: Classifier,
+    latents: dict[str, np.ndarray],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """An update held inside its training does not hold up predictions (they answer with the
+    old model); while it trains for real they answer with the old or the new one, never a
+    half-updated one."""
+    training, release = threading.Event(), threading.Event()
+    fit = AR1Star.partial_fit
+
+    def held_fit(self: AR1Star, *args: Any, **kwargs: Any) -> Any:  # on the learner's thread
+        training.set()
+        assert release.wait(120), "the test never let the update go"
+        return fit(self, *args, **kwargs)
+
     with LearnerWorker(classifier, tmp_path / "learner.ckpt") as worker:
         worker.learn("obj3", latents["obj3"][:30]).result(60)
         worker.learn("obj11", latents["obj11"][:30]).result(60)
@@ -82,19 +97,28 @@ def test_inference_during_training_answers_with_the_old_model(
         old_answer = classifier.predict(probe)
         big = np.concatenate([latents["obj25"]] * 10)  # 360 latents, every epoch through the
         old.config = replace(old.config, latent_epochs=None)  # latent layers: a long update
+        monkeypatch.setattr(AR1Star, "partial_fit", held_fit)
         future = worker.learn("obj25", big)
-        answers: list[tuple[float, list[Verdict]]] = []
+        held: list[list[Verdict]] = []
+        predicting = threading.Thread(
+            target=lambda: held.extend(classifier.predict(probe) for _ in range(10))
+        )
+        try:
+            assert training.wait(60), "the update never started"
+            predicting.start()
+            predicting.join(60)
+            assert not predicting.is_alive(), "inference waited for the training"
+        finally:
+            release.set()
+        during: list[list[Verdict]] = []
         while not future.done():
-            answers.append((time.perf_counter(), classifier.predict(probe)))
-        result = future.result()
-    assert result.ok and result.update_seconds > 0.3
+            during.append(classifier.predict(probe))
+        result = future.result(120)
+    assert result.ok
+    assert held == [old_answer] * 10
     new_answer = classifier.predict(probe)
     assert new_answer != old_answer
-    during = [a for _, a in answers]
     assert all(a in (old_answer, new_answer) for a in during), "a half-updated model answered"
-    assert during.count(old_answer) >= 10
-    gaps = np.diff([t for t, _ in answers])  # 2 shared cores: allow for the scheduler
-    assert gaps.max() < min(0.6, result.update_seconds / 2), f"inference stalled {gaps.max():.2f} s"
     assert old.classes_ == ["obj3", "obj11"]  # the old model was never touched
     assert classifier.predict(probe) == new_answer
 
@@ -238,8 +262,8 @@ def test_the_queue_is_bounded_and_repeated_saves_are_one_write(
     clf = Classifier.open(DeviceConfig(state_dir=tmp_path, learner="ncm"))
     running, release = threading.Event(), threading.Event()
 
-    def hold_the_first_job(state: LearnerState) -> None:  # runs on the learner's thread
-        if state == LearnerState.LEARNING and not running.is_set():
+    def hold_the_first_job(state: DeviceState) -> None:  # runs on the learner's thread
+        if state == DeviceState.LEARNING and not running.is_set():
             running.set()
             release.wait(120)
 

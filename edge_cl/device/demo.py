@@ -23,13 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 from edge_cl.device.classifier import Verdict
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.loop import DeviceLoop
 from edge_cl.errors import DatasetError, LabelError
-from edge_cl.images import read_image
 from edge_cl.learner.registry import DEFAULT_LEARNER
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.protocol import Prediction
@@ -38,6 +35,7 @@ from firmware_bridge.sources import (
     IMAGE_EXTENSIONS,
     CapturedFrame,
     FrameSource,
+    ImageScene,
     SyntheticScene,
 )
 
@@ -97,56 +95,6 @@ def _filelist_objects(listing: Path, root: Path) -> dict[str, list[Path]]:
     if len(out) < 2:
         raise DatasetError(f"{listing} names fewer than 2 labels: nothing to tell apart")
     return out
-
-
-class ImageScene(FrameSource):
-    """Real photographs played like a camera at ``fps``: ``show(label)`` cycles through that
-    object's teach views (even positions), ``show(label, held_out=True)`` through the others.
-
-    >>> from edge_cl.bench.scenarios import DEFAULT_DATASETS
-    >>> views = image_objects(DEFAULT_DATASETS / "coil100" / "images")
-    >>> with ImageScene({"obj7": views["obj7"]}, fps=None) as scene:
-    ...     scene.show("obj7", held_out=True)
-    ...     frame = scene.read()
-    >>> frame.truth, frame.image.shape
-    ('obj7', (128, 128, 3))
-    """
-
-    name = "photographs"
-
-    def __init__(self, views: dict[str, list[Path]], fps: float | None = DEMO_FPS) -> None:
-        self.views = {k: (v[0::2], v[1::2] or v[0::2]) for k, v in views.items()}
-        self.objects = tuple(views)
-        self.fps = fps
-        self._lock = threading.Lock()
-        self._showing: tuple[str, bool] | None = None
-        self._next = 0
-        self._t0: float | None = None
-        self._blank = np.zeros((128, 128, 3), np.uint8)
-
-    def show(self, label: str | None, held_out: bool = False) -> None:
-        """Put ``label`` in view (``None``: nothing); thread-safe."""
-        if label is not None and label not in self.views:
-            raise LabelError(f"unknown object {label!r}: this scene shows {list(self.objects)}")
-        with self._lock:
-            self._showing = None if label is None else (label, held_out)
-
-    def read(self) -> CapturedFrame:
-        """The next view of the object in view, paced at ``fps``."""
-        index = self._next
-        self._next += 1
-        if self.fps is not None:
-            now = time.monotonic()
-            self._t0 = now if self._t0 is None else self._t0
-            time.sleep(max(0.0, self._t0 + index / self.fps - now))
-        with self._lock:
-            showing = self._showing
-        if showing is None:
-            return CapturedFrame(self._blank.copy(), time.monotonic(), index, None)
-        label, held_out = showing
-        files = self.views[label][1 if held_out else 0]
-        image = np.ascontiguousarray(read_image(files[index % len(files)]))
-        return CapturedFrame(image, time.monotonic(), index, label)
 
 
 @dataclass
@@ -249,7 +197,6 @@ class Driver:
         if not self.loop.ready.wait(60) or not self.mcu.connect(10.0):
             raise TimeoutError("the device loop did not start within 60 s")
         worker = self.loop.worker
-        assert worker is not None
         for i, obj in enumerate(self.objects, start=1):
             self.show(obj, False)
             time.sleep(0.4)
@@ -296,7 +243,7 @@ def run_demo(
     else:
         views = image_objects(source)
         names = tuple(sorted(random.Random(seed).sample(sorted(views), min(objects, len(views)))))
-        images = ImageScene({k: views[k] for k in names})
+        images = ImageScene({k: views[k] for k in names}, fps=DEMO_FPS)
         scene, show = images, images.show
     with contextlib.ExitStack() as stack:
         if state_dir is None:

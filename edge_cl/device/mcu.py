@@ -20,12 +20,18 @@ from typing import Any
 import serial
 
 from edge_cl import __version__
+from edge_cl.device.state import DeviceState
 from edge_cl.errors import ProtocolError
+from edge_cl.learner.labels import Label
 from firmware_bridge.protocol import (
+    MAX_LABEL_BYTES,
+    MAX_TEXT_BYTES,
     Ack,
+    ErrorCode,
     ErrorReport,
     Frame,
     Hello,
+    LearnerState,
     Message,
     MsgType,
     Nack,
@@ -46,6 +52,49 @@ BACKOFF = (0.5, 8.0)
 RequestHandler = Callable[[Message], int | None]
 """Acts on an MCU request (HELLO, TEACH_START, TEACH_STOP, SAVE, FORGET); returns None to ACK
 it or a ``NackReason`` to refuse it."""
+
+
+WIRE_STATES = {
+    DeviceState.IDLE: LearnerState.IDLE,
+    DeviceState.TEACHING: LearnerState.TEACHING,
+    DeviceState.LEARNING: LearnerState.LEARNING,
+    DeviceState.SAVING: LearnerState.SAVING,
+}
+"""The STATUS byte (PROTOCOL.md) of each device state."""
+
+
+def wire_text(text: object, limit: int = MAX_LABEL_BYTES) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes on a character boundary (for the MCU).
+
+    >>> wire_text("tasse à café", 7)
+    'tasse '
+    """
+    data = str(text).replace("\x00", " ").encode()[:limit]
+    return data.decode(errors="ignore")
+
+
+def status_frame(state: DeviceState, classes: int, replay_bytes: int) -> Status:
+    """The STATUS of ``state`` with the class count and replay memory size, clamped to the
+    frame's fields (u16, u32).
+
+    >>> status_frame(DeviceState.TEACHING, 70000, 512)
+    Status(state=<LearnerState.TEACHING: 1>, num_classes=65535, replay_bytes=512)
+    """
+    return Status(WIRE_STATES[state], min(classes, 65535), min(replay_bytes, 2**32 - 1))
+
+
+def prediction_frame(
+    label: Label | None, confidence: float, unknown: bool, latency_ms: float
+) -> Prediction:
+    """The PREDICTION of one verdict: the label cut to the wire's limit (empty before anything
+    is learned, which the MCU shows as unknown), confidence in [0, 1], latency in whole ms.
+
+    >>> prediction_frame(None, 0.0, True, 70000.4)
+    Prediction(label='', confidence=0.0, unknown=True, latency_ms=65535)
+    """
+    text = "" if label is None else wire_text(label)
+    clipped = min(1.0, max(0.0, confidence))
+    return Prediction(text, clipped, unknown or not text, int(min(latency_ms, 65535)))
 
 
 def host_hello() -> Hello:
@@ -113,9 +162,11 @@ class McuBridge:
         return self
 
     def stop(self) -> None:
-        """Send what is queued, stop the thread, close the port if the bridge opened it."""
+        """Send what is queued, stop the thread (if started), close the port if the bridge
+        opened it."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
         if self._port is not None:
             self._port.close()
 
@@ -150,6 +201,10 @@ class McuBridge:
     def send(self, message: Status | ErrorReport) -> None:
         """Queue a STATUS or ERROR to send as soon as possible."""
         self._outbox.put(message)
+
+    def report(self, code: ErrorCode, text: str) -> None:
+        """Queue an ERROR of ``code`` whose text is ``text`` cut to the frame's limit."""
+        self.send(ErrorReport(code, wire_text(text, MAX_TEXT_BYTES)))
 
     # ------------------------------------------------------------------------------- thread
     def _run(self) -> None:

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from edge_cl.device.classifier import Classifier
+from edge_cl.device.state import DeviceState
 from edge_cl.errors import EdgeClError
 from edge_cl.learner.labels import Label
 from edge_cl.learner.protocol import Learner, replay_memory
-from firmware_bridge.protocol import LearnerState
 
 log = logging.getLogger("edge_cl.device")
 
@@ -111,7 +111,7 @@ class LearnerWorker:
         checkpoint: Path,
         *,
         unknown_accept: float = 1.0,
-        on_state: Callable[[LearnerState], None] | None = None,
+        on_state: Callable[[DeviceState], None] | None = None,
         on_result: Callable[[JobResult], None] | None = None,
     ) -> None:
         self.classifier = classifier
@@ -126,7 +126,7 @@ class LearnerWorker:
         self._pending = 0
         self._waiting_updates = 0  # learn / forget jobs queued, not yet started
         self._queued_save: Future[JobResult] | None = None  # a save not yet started
-        self._state = LearnerState.IDLE
+        self._state = DeviceState.IDLE
         self._dirty = False
         self._thread = threading.Thread(target=self._run, name="edge-cl-learner", daemon=True)
 
@@ -163,7 +163,7 @@ class LearnerWorker:
             return self._pending
 
     @property
-    def state(self) -> LearnerState:
+    def state(self) -> DeviceState:
         """IDLE, LEARNING (learn or forget running) or SAVING."""
         return self._state
 
@@ -250,7 +250,7 @@ class LearnerWorker:
                 log.exception("%s job failed unexpectedly", job.kind)
                 error = f"internal error: {e!r}"
                 result = JobResult(job.kind, job.label, False, error, failed_at="update")
-            self._set_state(LearnerState.IDLE)
+            self._set_state(DeviceState.IDLE)
             self.results.append(result)
             if not result.ok:
                 log.error("%s %r failed: %s", job.kind, job.label, result.error)
@@ -264,9 +264,9 @@ class LearnerWorker:
     def _do(self, job: _Job) -> JobResult:
         if job.kind == "save":
             model = self.classifier.learner
-            self._set_state(LearnerState.SAVING)
+            self._set_state(DeviceState.SAVING)
             return self._save(JobResult("save", classes=tuple(model.classes_)), model)
-        self._set_state(LearnerState.LEARNING)
+        self._set_state(DeviceState.LEARNING)
         start = time.perf_counter()
         model = copy.deepcopy(self.classifier.learner)
         try:
@@ -291,7 +291,7 @@ class LearnerWorker:
             latency_seconds=time.monotonic() - job.since if job.kind == "learn" else None,
             classes=tuple(model.classes_),
         )
-        self._set_state(LearnerState.SAVING)
+        self._set_state(DeviceState.SAVING)
         return self._save(result, model)
 
     def _save(self, result: JobResult, model: Learner) -> JobResult:
@@ -309,7 +309,7 @@ class LearnerWorker:
     def _classes(self) -> tuple[Label, ...]:
         return tuple(self.classifier.learner.classes_)
 
-    def _set_state(self, state: LearnerState) -> None:
+    def _set_state(self, state: DeviceState) -> None:
         if state != self._state:
             self._state = state
             if self.on_state is not None:

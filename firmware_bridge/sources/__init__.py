@@ -37,6 +37,7 @@ from firmware_bridge.sources.cameras import (
     gstreamer_available,
 )
 from firmware_bridge.sources.latest import LatestFrame
+from firmware_bridge.sources.photographs import ImageScene
 from firmware_bridge.sources.replay import FileList, ImageFolder, VideoFile
 from firmware_bridge.sources.synthetic import DEFAULT_OBJECTS, SyntheticScene
 
@@ -50,6 +51,7 @@ __all__ = [
     "FrameSource",
     "GStreamerCamera",
     "ImageFolder",
+    "ImageScene",
     "LatestFrame",
     "Picamera2Camera",
     "Size",

@@ -1,0 +1,183 @@
+"""What the device does when asked: the control socket's commands and the MCU's requests.
+
+Both channels (and the keyboard of ``scripts/capture.py``) act through :class:`Commands`, so a
+teach from the MCU's button and one from ``edge-cl ctl teach`` take the same path and meet the
+same refusals: the socket hears an error reply, the MCU a NACK with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_cl.device.classifier import Classifier
+from edge_cl.device.control import Handler
+from edge_cl.device.metrics import FrameMetrics
+from edge_cl.device.teach import TeachError, TeachSession
+from edge_cl.device.worker import LearnerWorker, WorkerBusy
+from edge_cl.errors import EdgeClError, LabelError
+from edge_cl.learner.labels import Label
+from firmware_bridge.protocol import (
+    ErrorCode,
+    Forget,
+    Hello,
+    Message,
+    NackReason,
+    Save,
+    TeachStart,
+    TeachStop,
+)
+
+JOB_TIMEOUT = 120.0
+"""Seconds a control command waits for its learn, forget or save job."""
+
+
+class JobFailed(EdgeClError):
+    """A learn, forget or save job failed; the model in use is the previous one."""
+
+
+def known_label(classes: Sequence[Label], label: str) -> Label | None:
+    """The class of ``classes`` whose name is ``label`` (int classes match their decimal
+    text), or None.
+
+    >>> known_label([3, "cup"], "3"), known_label([3, "cup"], "pen")
+    (3, None)
+    """
+    for cls in classes:
+        if str(cls) == label:
+            return cls
+    return None
+
+
+class Commands:
+    """Teach, stop, save, forget and the queries, for the control socket (:meth:`handlers`)
+    and the MCU (:meth:`on_mcu`). ``status`` answers the ``status`` command; ``report`` sends
+    the MCU an ERROR (a TEACH_STOP that had no frame to learn from).
+
+    >>> import tempfile
+    >>> from edge_cl.device.config import DeviceConfig
+    >>> state = Path(tempfile.mkdtemp())
+    >>> clf = Classifier.open(DeviceConfig(state_dir=state, runtime="onnx", cut="pool"))
+    >>> worker = LearnerWorker(clf, state / "learner.ckpt")
+    >>> teaching = TeachSession(worker, max_frames=8, target_frames=4)
+    >>> reported = []
+    >>> commands = Commands(
+    ...     teaching, worker, clf, FrameMetrics(), checkpoint=state / "learner.ckpt",
+    ...     status=lambda: {}, report=lambda code, text: reported.append((code.name, text)),
+    ... )
+    >>> handlers = commands.handlers()
+    >>> handlers["teach"]({"label": "cup"})
+    {'state': 'teaching', 'label': 'cup'}
+    >>> commands.on_mcu(TeachStart("pen")) == NackReason.BAD_STATE
+    True
+    >>> commands.on_mcu(TeachStop()), reported, handlers["labels"]({})
+    (None, [('CAMERA', 'no frames while teaching cup')], {'labels': []})
+    """
+
+    def __init__(
+        self,
+        teaching: TeachSession,
+        worker: LearnerWorker,
+        classifier: Classifier,
+        metrics: FrameMetrics,
+        *,
+        checkpoint: Path,
+        status: Callable[[], dict[str, Any]],
+        report: Callable[[ErrorCode, str], None],
+    ) -> None:
+        self.teaching = teaching
+        self.worker = worker
+        self.classifier = classifier
+        self.metrics = metrics
+        self.checkpoint = checkpoint
+        self.status = status
+        self.report = report
+
+    def handlers(self) -> dict[str, Handler]:
+        """The control socket's commands: teach, stop, status, predict, save, forget, labels."""
+        return {
+            "teach": self._teach,
+            "stop": self._stop,
+            "status": lambda request: self.status(),
+            "predict": self._predict,
+            "save": self._save,
+            "forget": self._forget,
+            "labels": lambda request: {"labels": self.classifier.learner.classes_},
+        }
+
+    def on_mcu(self, message: Message) -> int | None:
+        """Answer an MCU request: None to ACK, a NackReason to refuse."""
+        if isinstance(message, Hello):
+            self.teaching.abandon()  # the MCU (re)booted: its teach button state is gone
+        elif isinstance(message, TeachStart):
+            try:
+                self.teaching.start(message.label)
+            except TeachError:
+                return NackReason.BAD_STATE
+            except LabelError:
+                return NackReason.MALFORMED
+            except WorkerBusy:
+                return NackReason.BUSY
+        elif isinstance(message, TeachStop):
+            try:
+                future, info = self.teaching.stop()
+            except TeachError:
+                return NackReason.BAD_STATE
+            if future is None:
+                self.report(ErrorCode.CAMERA, f"no frames while teaching {info['label']}")
+        elif isinstance(message, Save):
+            self.worker.save()
+        elif isinstance(message, Forget):
+            label = known_label(self.classifier.learner.classes_, message.label)
+            if label is None:
+                return NackReason.UNKNOWN_LABEL
+            try:
+                self.worker.forget(label)
+            except WorkerBusy:
+                return NackReason.BUSY
+        else:
+            return NackReason.UNSUPPORTED
+        return None
+
+    def _teach(self, request: dict[str, Any]) -> dict[str, Any]:
+        label = request.get("label")
+        if not isinstance(label, str):
+            raise LabelError('teach needs a label: {"cmd": "teach", "label": "cup"}')
+        return self.teaching.start(label)
+
+    def _stop(self, request: dict[str, Any]) -> dict[str, Any]:
+        future, info = self.teaching.stop()
+        if future is None:
+            raise TeachError(f"no frame arrived while teaching {info['label']!r}: nothing learned")
+        if request.get("wait"):
+            result = future.result(JOB_TIMEOUT)
+            if not result.ok:
+                raise JobFailed(f"learning {info['label']!r} failed: {result.error}")
+            info.update(latency_s=result.latency_seconds, classes=list(result.classes))
+        return info
+
+    def _predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        latest = self.metrics.latest
+        if latest is None:
+            raise TeachError("no frame classified yet")
+        reply = {k: v for k, v in latest.items() if k != "time"}
+        return {**reply, "age_s": round(time.monotonic() - latest["time"], 3)}
+
+    def _save(self, request: dict[str, Any]) -> dict[str, Any]:
+        result = self.worker.save().result(JOB_TIMEOUT)
+        if not result.ok:
+            raise JobFailed(str(result.error))
+        return {"checkpoint": str(self.checkpoint), "bytes": result.checkpoint_bytes}
+
+    def _forget(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = request.get("label")
+        classes = self.classifier.learner.classes_
+        label = known_label(classes, name) if isinstance(name, str) else None
+        if label is None:
+            raise LabelError(f"forget needs a known label, got {name!r}; known: {classes}")
+        result = self.worker.forget(label).result(JOB_TIMEOUT)
+        if not result.ok:
+            raise JobFailed(str(result.error))
+        return {"forgot": label, "classes": list(result.classes)}
