@@ -43,8 +43,10 @@ from edge_cl.bench.scenarios import DEFAULT_DATASETS, build, image_folder
 from edge_cl.extractor import open_extractor
 from edge_cl.extractor.imagenet import PretrainedHead, head_arrays
 from edge_cl.extractor.manifest import Manifest
-from edge_cl.learner.ar1 import POOL_CHANNELS, AR1Star, Cumulative
+from edge_cl.learner.ar1 import AR1Star
 from edge_cl.learner.baselines import StreamingLDA
+from edge_cl.learner.config import POOL_CHANNELS
+from edge_cl.learner.cumulative import Cumulative
 from edge_cl.learner.layers import SGD, BatchRenorm, Linear, softmax_cross_entropy
 
 CACHE = Path.home() / ".cache" / "edge_cl"

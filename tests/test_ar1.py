@@ -14,15 +14,10 @@ from edge_cl.extractor import open_extractor
 from edge_cl.extractor.imagenet import head_arrays
 from edge_cl.extractor.manifest import Manifest
 from edge_cl.images import read_image
-from edge_cl.learner.ar1 import (
-    BASELINE_SETTINGS,
-    AR1Star,
-    Cumulative,
-    CWRStar,
-    NaiveFineTune,
-    latent_summary,
-)
+from edge_cl.learner.ar1 import AR1Star, CWRStar, NaiveFineTune, latent_summary
 from edge_cl.learner.checkpoint import load_state, save_state
+from edge_cl.learner.config import BASELINE_SETTINGS
+from edge_cl.learner.cumulative import Cumulative
 from edge_cl.learner.gaussian import ClassGaussians
 from edge_cl.learner.layers import BatchRenorm
 

@@ -25,18 +25,10 @@ import numpy as np
 from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
 from edge_cl.extractor.imagenet import PretrainedHead
-from edge_cl.learner.ar1 import (
-    BASELINE_SETTINGS,
-    LATENT_CHANNELS,
-    POOL_CHANNELS,
-    AR1Config,
-    AR1Star,
-    Cumulative,
-    CWRStar,
-    NaiveFineTune,
-    latent_summary,
-)
+from edge_cl.learner.ar1 import AR1Star, CWRStar, NaiveFineTune, latent_summary
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
+from edge_cl.learner.config import BASELINE_SETTINGS, LATENT_CHANNELS, POOL_CHANNELS, AR1Config
+from edge_cl.learner.cumulative import Cumulative
 from edge_cl.learner.labels import Label
 from edge_cl.learner.replay import LABEL_DTYPE, Codec, Grid
 from edge_cl.learner.sklearn_heads import KNNHead, SGDHead
@@ -107,7 +99,7 @@ per batch on minibatches of 32 (the same compute and steps as the defaults)."""
 
 
 def learner_maker(
-    kind: type[AR1Star], **options: Any
+    kind: type[AR1Star | Cumulative], **options: Any
 ) -> Callable[[dict[str, np.ndarray], int], Learner]:
     """A strategy's constructor: ``kind(head, seed=seed, **options)`` for each ordering's seed."""
 
@@ -133,7 +125,7 @@ def strategies(
         )
 
     def cls(
-        kind: type[AR1Star], depth: str, **kw: Any
+        kind: type[AR1Star | Cumulative], depth: str, **kw: Any
     ) -> Callable[[dict[str, np.ndarray], int], Learner]:
         return learner_maker(kind, depth=depth, epochs=epochs, **kw)
 

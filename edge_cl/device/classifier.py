@@ -21,9 +21,10 @@ from edge_cl.errors import CheckpointError, EdgeClError, ManifestError
 from edge_cl.extractor import RUNTIME_FORMATS, Extractor, open_extractor
 from edge_cl.extractor.imagenet import head_arrays
 from edge_cl.extractor.manifest import Manifest
-from edge_cl.learner.ar1 import LATENT_CHANNELS, POOL_CHANNELS, AR1Star
 from edge_cl.learner.checkpoint import remove_leftovers
+from edge_cl.learner.config import LATENT_CHANNELS, POOL_CHANNELS
 from edge_cl.learner.labels import Label
+from edge_cl.learner.network import LatentNetwork
 from edge_cl.learner.protocol import Learner
 from edge_cl.learner.registry import (
     learner_depth,
@@ -162,7 +163,7 @@ def resume_learner(
             config.cut,
             path,
         )
-    elif isinstance(learner, AR1Star):
+    elif isinstance(learner, LatentNetwork):
         spec = learner_spec(name)
         schedule = {k: config.learner_options.get(k, spec.options[k]) for k in RESUMED_OPTIONS}
         learner.config = replace(learner.config, **schedule)

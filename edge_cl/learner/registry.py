@@ -32,9 +32,12 @@ from typing import Any
 import numpy as np
 
 from edge_cl.errors import CheckpointError, ConfigError
-from edge_cl.learner.ar1 import AR1Config, AR1Star, Cumulative, CWRStar, NaiveFineTune
+from edge_cl.learner.ar1 import AR1Star, CWRStar, NaiveFineTune
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
 from edge_cl.learner.checkpoint import load_state
+from edge_cl.learner.config import AR1Config
+from edge_cl.learner.cumulative import Cumulative
+from edge_cl.learner.network import LatentNetwork
 from edge_cl.learner.protocol import Learner
 from edge_cl.learner.sklearn_heads import KNNHead, SGDHead
 
@@ -73,7 +76,7 @@ class LearnerSpec:
         return f"{self.name}: {self.help} (eats {' or '.join(self.eats)})"
 
 
-def _ar1(name: str, cls: type[AR1Star], help: str) -> LearnerSpec:
+def _ar1(name: str, cls: type[AR1Star | Cumulative], help: str) -> LearnerSpec:
     hints = typing.get_type_hints(AR1Config)
     defaults = asdict(cls.default_config())
     keys = [k for k in defaults if k != "depth"]
@@ -284,8 +287,9 @@ def learner_name(learner: object) -> str:
 
 
 def learner_depth(learner: object) -> str:
-    """The depth ``learner`` eats features of: its ``AR1Config.depth``, else ``"pool"``."""
-    return learner.config.depth if isinstance(learner, AR1Star) else "pool"
+    """The depth ``learner`` eats features of: its ``AR1Config.depth`` (AR1* and cumulative),
+    else ``"pool"``."""
+    return learner.config.depth if isinstance(learner, LatentNetwork) else "pool"
 
 
 def load_learner(path: str | os.PathLike[str], extractor_sha256: str | None = None) -> Learner:

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from edge_cl.extractor.manifest import Manifest
-from edge_cl.learner.ar1 import LATENT_CHANNELS, POOL_CHANNELS, AR1Config, AR1Star
+from edge_cl.learner.ar1 import AR1Star
+from edge_cl.learner.config import LATENT_CHANNELS, POOL_CHANNELS, AR1Config
 from edge_cl.learner.protocol import Learner, replay_memory
 from edge_cl.perf.machine import blas_threads, load_threadpoolctl, of_peak, peak_at, time_call
 from edge_cl.perf.settings import Log, PerfSettings

@@ -28,7 +28,7 @@ import numpy as np
 from edge_cl.device.config import DeviceConfig, load_config, parse_assignments
 from edge_cl.device.control import send_command
 from edge_cl.extractor.manifest import Manifest
-from edge_cl.learner.ar1 import LATENT_CHANNELS, POOL_CHANNELS
+from edge_cl.learner.config import LATENT_CHANNELS, POOL_CHANNELS
 from edge_cl.learner.registry import learner_spec
 from edge_cl.perf.learner import memory_size
 from edge_cl.perf.machine import time_call

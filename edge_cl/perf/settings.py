@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge_cl.errors import EdgeClError
-from edge_cl.learner.ar1 import AR1Config
+from edge_cl.learner.config import AR1Config
 
 DEFAULT_REPLAYED = AR1Config().replay_per_epoch or 0
 """Replayed patterns per update of the default learner (``AR1Config.replay_per_epoch``)."""

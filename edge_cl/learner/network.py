@@ -1,0 +1,422 @@
+"""The network above the cut and its SGD: what AR1* and cumulative retraining both train.
+
+- depth ``"latent"``: conv_head 1x1 (320->1280, from the pretrained head) -> Batch Renormalization
+  -> ReLU6 -> global average pool -> output layer without bias;
+- depth ``"pool"``: the output layer alone, on pooled 1280-d features.
+
+:class:`LatentNetwork` holds these layers, the label map, the output weights inference uses
+(``cw``) with the patterns counted per class (``past``), and one SGD pass over a batch (mixed
+with replayed patterns when given some, on random spatial positions of each latent). It
+predicts, forgets a class, and saves and loads itself. What happens to the weights between
+batches is its subclasses' business: :class:`~edge_cl.learner.ar1.AR1Star` consolidates them
+with CWR* (plus replay, SI and a Gaussian head), :class:`~edge_cl.learner.cumulative.Cumulative`
+retrains them from the start on everything it has kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge_cl.errors import CheckpointError, NotFittedError
+from edge_cl.learner.checkpoint import load_state, save_state
+from edge_cl.learner.config import LATENT_CHANNELS, POOL_CHANNELS, AR1Config
+from edge_cl.learner.labels import Label, LabelMap
+from edge_cl.learner.layers import (
+    SGD,
+    BatchRenorm,
+    Conv1x1,
+    GlobalAvgPool,
+    Layer,
+    Linear,
+    ReLU6,
+    softmax,
+    softmax_cross_entropy,
+)
+from edge_cl.learner.protocol import check_batch
+
+if TYPE_CHECKING:
+    from typing import Self
+
+
+class LatentNetwork:
+    """The layers above the cut, trained by minibatch SGD; the base of the learners that train
+    them (it has no ``partial_fit`` of its own: see the module docstring).
+
+    ``head`` holds the pretrained arrays above the latent cut
+    (``edge_cl.extractor.imagenet.head_arrays``); without it the conv_head starts from a random
+    init. ``extractor_sha256`` ties checkpoints to the extractor whose latents they were trained
+    on. ``config`` (default :meth:`default_config`) with ``overrides`` applied.
+
+    >>> from edge_cl.learner.ar1 import AR1Star
+    >>> from edge_cl.learner.cumulative import Cumulative
+    >>> [issubclass(cls, LatentNetwork) for cls in (AR1Star, Cumulative)]
+    [True, True]
+    >>> LatentNetwork(depth="pool").nbytes  # no class yet: empty output weights and counts
+    0
+    """
+
+    kind = "LatentNetwork"
+
+    def __init__(
+        self,
+        head: dict[str, np.ndarray] | None = None,
+        extractor_sha256: str | None = None,
+        config: AR1Config | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.config = replace(config or self.default_config(), **overrides)
+        self.extractor_sha256 = extractor_sha256
+        self.labels = LabelMap()
+        self.batches_seen = 0
+        self.rng = np.random.default_rng(self.config.seed)
+        self.latent = self._latent_layers(head) if self.config.depth == "latent" else []
+        self.output = Linear(POOL_CHANNELS, 0, weight=np.zeros((POOL_CHANNELS, 0), np.float32))
+        self.cw = np.zeros((POOL_CHANNELS, 0), np.float32)
+        self.past = np.zeros(0, np.int64)
+        self._loss_weights: np.ndarray | None = None
+        self.last_update_flops = 0
+        self.total_flops = 0
+
+    @classmethod
+    def default_config(cls) -> AR1Config:
+        """The configuration this learner class starts from (subclasses change it)."""
+        return AR1Config()
+
+    # ------------------------------------------------------------------------------- model
+    def _latent_layers(self, head: dict[str, np.ndarray] | None) -> list[Layer]:
+        c = self.config
+        if head is None:
+            conv = Conv1x1(
+                LATENT_CHANNELS,
+                POOL_CHANNELS,
+                rng=np.random.default_rng(c.seed),
+                input_grad=False,
+            )
+            norm = BatchRenorm(POOL_CHANNELS, momentum=c.brn_momentum_first, inplace=True)
+        else:
+            conv = Conv1x1(
+                LATENT_CHANNELS,
+                POOL_CHANNELS,
+                weight=np.ascontiguousarray(head["conv_head.weight"].T, dtype=np.float32),
+                input_grad=False,
+            )
+            norm = BatchRenorm(
+                POOL_CHANNELS,
+                gamma=head["bn.gamma"].astype(np.float32),
+                beta=head["bn.beta"].astype(np.float32),
+                running_mean=head["bn.mean"].astype(np.float32),
+                running_var=head["bn.var"].astype(np.float32),
+                eps=float(head["bn.eps"]),
+                momentum=c.brn_momentum_first,
+                inplace=True,
+            )
+        return [conv, norm, ReLU6(inplace=True), GlobalAvgPool()]
+
+    @property
+    def classes_(self) -> list[Label]:
+        """Known labels, in the order of ``predict_proba``'s columns."""
+        return self.labels.labels
+
+    def _features(self, x: np.ndarray, train: bool) -> np.ndarray:
+        for layer in self.latent:
+            x = layer.forward(x, train)
+        return x
+
+    def _trainable(self) -> list[Layer]:
+        """The trained latent layers (conv_head, its normalisation), or none."""
+        return self.latent[:2] if self.config.train_latent_layers else []
+
+    def _check_input(self, x: object) -> np.ndarray:
+        latent = self.config.depth == "latent"
+        pattern = ("h", "w", LATENT_CHANNELS) if latent else (POOL_CHANNELS,)
+        return check_batch(x, pattern, name="latents" if latent else "features")
+
+    def _grow(self, slots: int) -> None:
+        extra = slots - self.cw.shape[1]
+        if extra > 0:
+            pad = np.zeros((POOL_CHANNELS, extra), np.float32)
+            self.cw = np.concatenate([self.cw, pad], axis=1)
+            self.past = np.concatenate([self.past, np.zeros(extra, np.int64)])
+            self.output = Linear(POOL_CHANNELS, slots, weight=self.cw.copy())
+
+    # ---------------------------------------------------------------------------- training
+    def _set_normalisation(self, first: bool) -> None:
+        """Batch Renormalization's schedule for the coming batch: on the first one r_max ramps
+        1 -> ``r_max`` and d_max 0 -> ``d_max`` at ``brn_momentum_first``; later ones run at the
+        limits and ``brn_momentum``; with ``brn`` off it is plain batch normalisation."""
+        if len(self.latent) < 2:
+            return
+        c = self.config
+        norm = self.latent[1]
+        assert isinstance(norm, BatchRenorm)
+        if not c.brn:
+            norm.r_max, norm.d_max, norm.ramp_per_sample = 1.0, 0.0, 0.0
+            norm.momentum = c.brn_momentum_first
+        elif first:
+            norm.momentum = c.brn_momentum_first
+            norm.r_max, norm.d_max = 1.0, 0.0
+            norm.ramp_per_sample = 1e-4
+            norm.r_max_limit, norm.d_max_limit = c.r_max, c.d_max
+        else:
+            norm.momentum = c.brn_momentum
+            norm.r_max, norm.d_max, norm.ramp_per_sample = c.r_max, c.d_max, 0.0
+
+    def _minibatches(self, n_new: int, n_replay: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Index chunks: each minibatch mixes about B * N / (N + R) new with the rest replayed."""
+        b = self.config.minibatch
+        count = max(1, (n_new + n_replay) // b)
+        count = min(count, n_new)
+        new = np.array_split(self.rng.permutation(n_new), count)
+        old = np.array_split(self.rng.permutation(n_replay), count)
+        yield from zip(new, old, strict=True)
+
+    def _train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        replay_x: np.ndarray | None,
+        replay_y: np.ndarray,
+        lr: float,
+    ) -> int:
+        """SGD on the batch mixed with replay; returns the FLOPs spent.
+
+        The latent layers train in the first ``latent_epochs`` epochs. The remaining epochs
+        train the output layer alone on the pooled features of the last of those epochs, so they
+        cost no conv_head compute.
+        """
+        c = self.config
+        sgd = SGD(lr, c.momentum, c.weight_decay)
+        latent_sgd = SGD(lr * c.latent_lr_scale, c.momentum, c.weight_decay)
+        deep = c.epochs
+        if c.latent_epochs is not None and self._trainable():
+            deep = min(c.latent_epochs, c.epochs)
+        slots = self.labels.size
+        flops = 0
+        kept: list[tuple[np.ndarray, np.ndarray]] = []
+        for epoch in range(deep):
+            keep = deep < c.epochs and epoch == deep - 1
+            for new_idx, old_idx in self._minibatches(len(x), len(replay_y)):
+                xn = self._positions(x[new_idx])
+                if replay_x is not None and len(old_idx):
+                    xb = np.concatenate([xn, replay_x[old_idx]])
+                    yb = np.concatenate([y[new_idx], replay_y[old_idx]])
+                else:
+                    xb, yb = xn, y[new_idx]
+                feats = self._step(xb, yb, sgd, latent_sgd)
+                if keep:
+                    kept.append((feats, yb))
+                flops += self._train_flops(xb.shape, slots)
+        if kept:
+            feats = np.concatenate([f for f, _ in kept])
+            labels = np.concatenate([t for _, t in kept])
+            for _ in range(c.epochs - deep):
+                for idx in np.array_split(self.rng.permutation(len(labels)), len(kept)):
+                    self._output_step(feats[idx], labels[idx], sgd, input_grad=False)
+                    flops += 2 * self._output_flops(len(idx), slots)
+        return flops
+
+    def _positions(self, x: np.ndarray) -> np.ndarray:
+        """``latent_positions`` random spatial positions of each (N, h, w, C) latent, as
+        (N, 1, k, C); latents with no more positions than that, and pooled features, unchanged.
+
+        The layers above the cut act on each position alone until the global average, so the
+        mean over a random subset of positions is an unbiased estimate of the pooled feature.
+        """
+        stored = self.config.stored_shape(x.shape[1:])
+        if stored == x.shape[1:]:
+            return x
+        n, h, w, ch = x.shape
+        order = self.rng.random((n, h * w)).argsort(1)[:, : stored[1]]
+        return np.take_along_axis(x.reshape(n, h * w, ch), order[..., None], 1)[:, None]
+
+    def _step(self, xb: np.ndarray, yb: np.ndarray, sgd: SGD, latent_sgd: SGD) -> np.ndarray:
+        """One SGD step on a minibatch through every trained layer; returns its pooled features
+        (a fresh array that the step reads but never writes)."""
+        feats = self._features(xb, train=self.config.train_latent_layers)
+        dfeat = self._output_step(feats, yb, sgd, input_grad=bool(self._trainable()))
+        if self._trainable():
+            for layer in reversed(self.latent):
+                dfeat = layer.backward(dfeat)
+        self._update_latent(latent_sgd)
+        return feats
+
+    def _update_latent(self, latent_sgd: SGD) -> None:
+        """The SGD step of the trained latent layers, once their gradients are in."""
+        latent_sgd.step(self._trainable())
+
+    def _output_step(
+        self, feats: np.ndarray, yb: np.ndarray, sgd: SGD, input_grad: bool
+    ) -> np.ndarray:
+        """Forward, backward and SGD step of the output layer; returns the features' gradient
+        (empty when ``input_grad`` is off: no trained layer below needs it)."""
+        logits = self.output.forward(feats, train=True)
+        _, dlogits = softmax_cross_entropy(logits, yb)
+        if self._loss_weights is not None:
+            dlogits *= self._loss_weights[yb][:, None]
+        self.output.input_grad = input_grad
+        dfeat = self.output.backward(dlogits)
+        sgd.step([self.output])
+        return dfeat
+
+    @staticmethod
+    def _output_flops(n: int, slots: int) -> int:
+        """FLOPs of the output layer's forward on ``n`` patterns (its two gradients cost the same
+        each)."""
+        return 2 * n * POOL_CHANNELS * slots
+
+    def _train_flops(self, shape: tuple[int, ...], slots: int) -> int:
+        """Matmul FLOPs of one training step: the output layer's forward and weight gradient,
+        plus its input gradient when the latent layers train; the conv_head's forward, plus its
+        weight gradient when trained (its input is frozen, so it has no input gradient)."""
+        out = self._output_flops(shape[0], slots)
+        if self.config.depth == "pool":
+            return 2 * out
+        hw = shape[1] * shape[2]
+        conv = 2 * shape[0] * hw * LATENT_CHANNELS * POOL_CHANNELS
+        return 2 * conv + 3 * out if self.config.train_latent_layers else conv + 2 * out
+
+    # ---------------------------------------------------------------------------- predicting
+    def decision_function(self, latents: np.ndarray, chunk: int = 128) -> np.ndarray:
+        """Logits over ``classes_`` (forgotten classes dropped), in chunks of ``chunk`` patterns
+        (bounding the activations in memory: about 10 MB per chunk of 128 at 128 px)."""
+        if len(self.labels) == 0:
+            raise NotFittedError("the learner has not learned any class yet: call partial_fit")
+        x = self._check_input(latents)
+        live = self.labels.transform(self.labels.labels)
+        w = self.cw[:, live]
+        return np.concatenate(
+            [self._logits(x[i : i + chunk], w, live) for i in range(0, len(x), chunk)]
+        )
+
+    def _logits(self, x: np.ndarray, w: np.ndarray, live: np.ndarray) -> np.ndarray:
+        """The logits of a chunk: its pooled features times the live columns ``w`` of ``cw``."""
+        logits: np.ndarray = self._features(x, train=False) @ w
+        return logits
+
+    def predict_proba(self, latents: np.ndarray) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``."""
+        return softmax(self.decision_function(latents))
+
+    def predict(self, latents: np.ndarray) -> list[Label]:
+        """The most likely known label of each pattern."""
+        return self.labels.inverse(self._live_index(self.decision_function(latents).argmax(1)))
+
+    def predict_with_confidence(
+        self, latents: np.ndarray
+    ) -> tuple[list[Label], np.ndarray, np.ndarray]:
+        """Labels, their probability, and an ``unknown`` mask (probability < threshold)."""
+        p = self.predict_proba(latents)
+        best = p.argmax(1)
+        conf = p[np.arange(len(p)), best]
+        return (
+            self.labels.inverse(self._live_index(best)),
+            conf,
+            conf < self.config.unknown_threshold,
+        )
+
+    def calibrate_unknown(self, latents: np.ndarray, accept: float = 0.95) -> float:
+        """Set the unknown threshold so that ``accept`` of these known-class patterns pass."""
+        if not 0 < accept <= 1:
+            raise ValueError(f"accept must be in (0, 1], got {accept}")
+        conf = self.predict_proba(latents).max(1)
+        threshold = float(np.quantile(conf, 1 - accept))
+        self.config = replace(self.config, unknown_threshold=threshold)
+        return threshold
+
+    def _live_index(self, columns: np.ndarray) -> np.ndarray:
+        live: np.ndarray = self.labels.transform(self.labels.labels)[columns]
+        return live
+
+    # ----------------------------------------------------------------------------- forgetting
+    def forget(self, label: object) -> None:
+        """Drop a class: its output weights and its counts."""
+        index = self.labels.remove(label)
+        self.cw[:, index] = 0.0
+        self.past[index] = 0
+
+    # ------------------------------------------------------------------------------- footprint
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the network's arrays (output weights and counts, latent layers)."""
+        arrays: list[np.ndarray] = [self.cw, self.past]
+        for layer in self.latent:
+            arrays += list(layer.state_dict().values())
+        return sum(a.nbytes for a in arrays)
+
+    # --------------------------------------------------------------------------- checkpoints
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Write the whole state atomically (see :mod:`edge_cl.learner.checkpoint`)."""
+        arrays: dict[str, np.ndarray] = {"cw": self.cw, "past": self.past}
+        for i, layer in enumerate(self.latent):
+            for name, a in layer.state_dict().items():
+                arrays[f"latent.{i}.{name}"] = a
+        extra_arrays, extra_meta = self._extra_state()
+        arrays.update(extra_arrays)
+        meta = {
+            "kind": self.kind,
+            "extractor_sha256": self.extractor_sha256,
+            "config": asdict(self.config),
+            "labels": self.labels.state_dict(),
+            "batches_seen": self.batches_seen,
+            "rng": self.rng.bit_generator.state,
+            "total_flops": self.total_flops,
+            **extra_meta,
+        }
+        return save_state(path, meta, arrays)
+
+    def _extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The arrays and metadata a subclass adds to its checkpoint."""
+        return {}, {}
+
+    def _load_extra(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`_extra_state` saved (raise ValueError if it does not fit)."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], extractor_sha256: str | None = None) -> Self:
+        """A new learner from a checkpoint; ``CheckpointError`` if it is unusable.
+
+        Pass the current extractor's sha256 to refuse a checkpoint made with another extractor.
+        """
+        meta, arrays = load_state(Path(path), kind=cls.kind, extractor_sha256=extractor_sha256)
+        try:
+            names = {f.name for f in fields(AR1Config)}
+            # older checkpoints: every position, no Gaussian head (or one on the mean alone),
+            # unweighted loss
+            stored = {
+                "latent_positions": None,
+                "gaussian_head": False,
+                "gaussian_features": "mean",
+                "balanced_loss": False,
+                **meta["config"],
+            }
+            config = AR1Config(**{k: v for k, v in stored.items() if k in names})
+            learner = cls(extractor_sha256=meta["extractor_sha256"], config=config)
+            learner.labels = LabelMap.from_state_dict(meta["labels"])
+            learner.batches_seen = int(meta["batches_seen"])
+            learner.rng.bit_generator.state = meta["rng"]
+            learner.total_flops = int(meta["total_flops"])
+            slots = learner.labels.size
+            cw, past = arrays["cw"], arrays["past"]
+            if cw.shape != (POOL_CHANNELS, slots) or past.shape != (slots,):
+                raise ValueError(
+                    f"output weights {cw.shape} and counts {past.shape} do not fit "
+                    f"({POOL_CHANNELS}, {slots}) and ({slots},) for its {slots} label slots"
+                )
+            learner.cw = cw.astype(np.float32)
+            learner.past = past.astype(np.int64)
+            learner.output = Linear(POOL_CHANNELS, learner.cw.shape[1], weight=learner.cw.copy())
+            for i, layer in enumerate(learner.latent):
+                prefix = f"latent.{i}."
+                layer.load_state_dict(
+                    {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+                )
+            learner._load_extra(meta, arrays)
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError) as e:
+            raise CheckpointError(f"{path} does not hold a usable {cls.kind} state: {e!r}") from e
+        return learner
