@@ -25,6 +25,7 @@ from edge_cl.extractor import onnx as onnx_backend
 from edge_cl.extractor.imagenet import PretrainedHead, imagenet_files
 from edge_cl.extractor.manifest import Manifest
 from edge_cl.images import read_image
+from edge_cl.learner.layers import softmax
 from edge_cl.perf.cli import add_perf_command
 from edge_cl.sysinfo import cores, cpu_features
 
@@ -58,9 +59,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     head = PretrainedHead.load(manifest.head())
     names = _class_names(args.datasets)
     for path in args.images:
-        logits = head.logits(ex.frames([read_image(path)]))[0]
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
+        p = softmax(head.logits(ex.frames([read_image(path)]))[0])
         print(path)
         for i in np.argsort(-p)[:5]:
             print(f"  {p[i]:6.3f}  {names[i] if names else i}")

@@ -23,11 +23,11 @@ from edge_cl.bench.render import (
     texture,
 )
 from edge_cl.bench.scenarios import (
+    RESHOOTS,
     SUITES,
     available,
     build,
-    coil100_clutter,
-    coil100_sessions,
+    coil100_reshot,
     coil_views,
     generate,
     image_folder,
@@ -314,8 +314,8 @@ def test_coil_clutter_plan_has_rare_objects(datasets: Path) -> None:
 
 def test_rendered_scenarios_on_a_subset(datasets: Path, tmp_path: Path) -> None:
     shared = tmp_path / "images"
-    for builder in (coil100_sessions, coil100_clutter):
-        s = builder(datasets, 0, shared / builder.__name__, True, objects=12)
+    for name in RESHOOTS:
+        s = coil100_reshot(name, datasets, 0, shared / name, True, objects=12)
         assert s.describe()["classes"] == 12 and s.meta["render_seconds"] > 0
         files = [f for i in range(len(s.train_batches)) for f in s.train_files(i)]
         files += s.test_files()
@@ -323,13 +323,13 @@ def test_rendered_scenarios_on_a_subset(datasets: Path, tmp_path: Path) -> None:
         img = read_image(files[0])
         assert img.shape == (128, 128, 3)
         # reused across seeds: same images, nothing rendered again
-        stamp = (shared / builder.__name__ / "render.json").stat().st_mtime_ns
-        again = builder(datasets, 1, shared / builder.__name__, True, objects=12)
+        stamp = (shared / name / "render.json").stat().st_mtime_ns
+        again = coil100_reshot(name, datasets, 1, shared / name, True, objects=12)
         assert again.meta["render_seconds"] == 0.0 and again.train_batches != s.train_batches
-        assert (shared / builder.__name__ / "render.json").stat().st_mtime_ns == stamp
+        assert (shared / name / "render.json").stat().st_mtime_ns == stamp
     write_filelists(again, tmp_path / "lists")
     reopened = load_scenario(tmp_path / "lists")  # checks that every listed image exists
-    assert reopened.root == (shared / "coil100_clutter").resolve()
+    assert reopened.root == (shared / "coil100-clutter").resolve()
     assert reopened.train_batches == again.train_batches
 
 

@@ -485,26 +485,55 @@ def coil100_arc(
 RenderJob = tuple[str, str, int, int, int]  # source file, destination, session, object, angle
 
 
-def _coil_rendered(
+RESHOOTS: dict[str, dict[str, float]] = {
+    "coil100-sessions": {"single_arc_fraction": 0.0, "strength": 1.5},
+    "coil100-clutter": {"single_arc_fraction": 0.2, "strength": 1.0},
+}
+"""The COIL-100 streams re-shot in sessions, with their defaults (:func:`coil100_reshot`)."""
+
+
+def coil100_reshot(
     name: str,
     datasets_dir: Path,
-    seed: int,
-    image_root: Path | None,
-    render: bool,
-    make_renderer: Callable[[np.random.Generator], tuple[SessionRenderer, list[list[str]]]],
-    arcs: int,
-    test_sessions: int,
-    single_arc_fraction: float,
-    definition_seed: int,
-    objects: int | None,
+    seed: int = 0,
+    image_root: Path | None = None,
+    render: bool = True,
+    *,
+    arcs: int = 4,
+    test_sessions: int = 2,
+    single_arc_fraction: float | None = None,
+    strength: float | None = None,
+    definition_seed: int = DEFINITION_SEED,
+    objects: int | None = None,
     protocol: str = "nic",
 ) -> Scenario:
     """COIL-100 re-shot in sessions: arc ``s`` of every object in session ``s``, test views
-    (angle index 2 mod 4) in ``test_sessions`` held-out sessions; a ``single_arc_fraction`` of
-    the objects keeps only one training arc. ``objects`` keeps only the first objects (for
-    quick checks). ``protocol`` orders the same rendered images as a NICv2-like stream
-    (``nic``), class-incremental with 10 new objects a batch (``nc``, :func:`nc_batches`) or one
-    session a batch (``ni``, :func:`ni_batches`)."""
+    (angle index 2 mod 4) in ``test_sessions`` held-out sessions (as CORe50 tests on sessions
+    it never trains on), each session under its own optics (light level, tone curve, colour
+    cast, blur, noise; :meth:`Conditions.random` at ``strength``); a ``single_arc_fraction`` of
+    the objects keeps only one training arc. ``name`` (one of :data:`RESHOOTS`, which gives the
+    defaults of those two) sets the scene:
+
+    - ``coil100-sessions``: each session has its own background texture;
+    - ``coil100-clutter``: the objects cut out and composited, smaller and off-centre, onto
+      crops of real photographs (three per session; held-out ones for the test sessions).
+
+    ``objects`` keeps only the first objects (for quick checks). ``protocol`` orders the same
+    rendered images as a NICv2-like stream (``nic``), class-incremental with 10 new objects a
+    batch (``nc``, :func:`nc_batches`) or one session a batch (``ni``, :func:`ni_batches`).
+    """
+    if name not in RESHOOTS:
+        raise DatasetError(f"unknown re-shot COIL-100 stream {name!r}; one of {list(RESHOOTS)}")
+    defaults = RESHOOTS[name]
+    if single_arc_fraction is None:
+        single_arc_fraction = defaults["single_arc_fraction"]
+    sessions_total = arcs + test_sessions
+    optics = defaults["strength"] if strength is None else strength
+    make_renderer = (
+        _sessions_renderer(sessions_total, optics)
+        if name == "coil100-sessions"
+        else _clutter_renderer(datasets_dir, sessions_total, optics)
+    )
     if protocol not in ("nic", "nc", "ni"):
         raise DatasetError(f"protocol must be 'nic', 'nc' or 'ni', got {protocol!r}")
     source = Path(datasets_dir) / COIL_DIR
@@ -580,7 +609,7 @@ def _sessions_renderer(
 
 
 def _clutter_renderer(
-    datasets_dir: Path, sessions: int, per_session: int = 3
+    datasets_dir: Path, sessions: int, strength: float, per_session: int = 3
 ) -> Callable[[np.random.Generator], tuple[SessionRenderer, list[list[str]]]]:
     def make(rng: np.random.Generator) -> tuple[SessionRenderer, list[list[str]]]:
         folder = Path(datasets_dir) / PHOTOS_DIR
@@ -591,7 +620,7 @@ def _clutter_renderer(
             raise DatasetError(f"{folder}: need {sessions * per_session} photographs")
         chosen = [files[i] for i in rng.choice(len(files), sessions * per_session, False)]
         photos = [read_image(folder / f) for f in chosen]
-        conditions = [Conditions.random(rng) for _ in range(sessions)]
+        conditions = [Conditions.random(rng, strength) for _ in range(sessions)]
         backgrounds = pick_photos(photos, sessions, per_session)
         renderer = SessionRenderer(
             conditions, backgrounds, scale=(0.55, 0.9), shift=1.0, crop_fraction=0.35
@@ -599,73 +628,6 @@ def _clutter_renderer(
         return renderer, [chosen[s * per_session : (s + 1) * per_session] for s in range(sessions)]
 
     return make
-
-
-def coil100_sessions(
-    datasets_dir: Path,
-    seed: int = 0,
-    image_root: Path | None = None,
-    render: bool = True,
-    *,
-    arcs: int = 4,
-    test_sessions: int = 2,
-    strength: float = 1.5,
-    definition_seed: int = DEFINITION_SEED,
-    objects: int | None = None,
-    protocol: str = "nic",
-) -> Scenario:
-    """``coil100-s4`` where each session has its own background texture and optics (light
-    level, tone curve, colour cast, blur, noise; :meth:`Conditions.random` at ``strength``) and
-    the test views are shot in held-out sessions, as CORe50 tests on sessions it never trains
-    on. ``protocol`` ``nc`` and ``ni`` reorder the same images (``coil100-sessions-nc``: 10 new
-    objects a batch; ``-ni``: one session a batch)."""
-    return _coil_rendered(
-        "coil100-sessions",
-        datasets_dir,
-        seed,
-        image_root,
-        render,
-        _sessions_renderer(arcs + test_sessions, strength),
-        arcs,
-        test_sessions,
-        0.0,
-        definition_seed,
-        objects,
-        protocol,
-    )
-
-
-def coil100_clutter(
-    datasets_dir: Path,
-    seed: int = 0,
-    image_root: Path | None = None,
-    render: bool = True,
-    *,
-    arcs: int = 4,
-    test_sessions: int = 2,
-    single_arc_fraction: float = 0.2,
-    definition_seed: int = DEFINITION_SEED,
-    objects: int | None = None,
-    protocol: str = "nic",
-) -> Scenario:
-    """COIL-100 objects cut out and composited, smaller and off-centre, onto crops of real
-    photographs (three per session; held-out ones for the test sessions), under per-session
-    optics; 20% of the objects appear in a single training session. ``protocol`` as in
-    :func:`coil100_sessions`."""
-    return _coil_rendered(
-        "coil100-clutter",
-        datasets_dir,
-        seed,
-        image_root,
-        render,
-        _clutter_renderer(datasets_dir, arcs + test_sessions),
-        arcs,
-        test_sessions,
-        single_arc_fraction,
-        definition_seed,
-        objects,
-        protocol,
-    )
 
 
 def render_jobs(
@@ -713,12 +675,12 @@ SCENARIOS: dict[str, Builder] = {
     "cifar10-nc": cifar10_nc,
     "cifar10-nic": cifar10_nic,
     "coil100-arc": coil100_arc,
-    "coil100-sessions": coil100_sessions,
-    "coil100-clutter": coil100_clutter,
-    "coil100-sessions-nc": partial(coil100_sessions, protocol="nc"),
-    "coil100-sessions-ni": partial(coil100_sessions, protocol="ni"),
-    "coil100-clutter-nc": partial(coil100_clutter, protocol="nc"),
-    "coil100-clutter-ni": partial(coil100_clutter, protocol="ni"),
+    "coil100-sessions": partial(coil100_reshot, "coil100-sessions"),
+    "coil100-clutter": partial(coil100_reshot, "coil100-clutter"),
+    "coil100-sessions-nc": partial(coil100_reshot, "coil100-sessions", protocol="nc"),
+    "coil100-sessions-ni": partial(coil100_reshot, "coil100-sessions", protocol="ni"),
+    "coil100-clutter-nc": partial(coil100_reshot, "coil100-clutter", protocol="nc"),
+    "coil100-clutter-ni": partial(coil100_reshot, "coil100-clutter", protocol="ni"),
     "tinyimagenet-nc": tiny_nc,
     "tinyimagenet-nic": tiny_nic,
 }
