@@ -101,6 +101,7 @@ on a small class-incremental and a small new-instances stream of the dev suite, 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """The lifecycle study: strategies over orderings of real image streams."""
+    from edge_cl.bench import report as study_report
     from edge_cl.bench import study
     from edge_cl.bench.filelists import load_filelists
     from edge_cl.bench.latents import LatentCache
@@ -152,7 +153,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
             base = args.markdown.parent if args.markdown else Path.cwd()
             plots = [os.path.relpath(p, base) for p in plot_study(result, args.plots)]
-        report = study.markdown_report(result, plots)
+        report = study_report.markdown_report(result, plots)
         write(args.markdown, report, final)
         return report
 
@@ -176,7 +177,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     print("\n" + save(result, final=True))
     if args.quick:
-        failures = study.quick_check(result)
+        failures = study_report.quick_check(result)
         for failure in failures:
             print(f"edge-cl bench --quick: FAILED: {failure}", file=sys.stderr)
         return 1 if failures else 0

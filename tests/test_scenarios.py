@@ -10,7 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_cl.bench.coil import RESHOOTS, coil100_reshot, coil_views, render_jobs
 from edge_cl.bench.filelists import Scenario, load_filelists, load_scenario, write_filelists
+from edge_cl.bench.orders import stream_order
 from edge_cl.bench.render import (
     Conditions,
     SessionRenderer,
@@ -22,18 +24,7 @@ from edge_cl.bench.render import (
     soft_alpha,
     texture,
 )
-from edge_cl.bench.scenarios import (
-    RESHOOTS,
-    SUITES,
-    available,
-    build,
-    coil100_reshot,
-    coil_views,
-    generate,
-    image_folder,
-    render_jobs,
-    stream_order,
-)
+from edge_cl.bench.scenarios import SUITES, available, build, generate, image_folder
 from edge_cl.errors import DatasetError
 from edge_cl.images import read_image
 

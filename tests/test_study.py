@@ -13,16 +13,14 @@ import numpy as np
 import pytest
 
 from edge_cl.bench.plots import plot_study
-from edge_cl.bench.study import (
-    Progress,
-    Stream,
-    evaluation_points,
+from edge_cl.bench.report import (
     markdown_report,
     markdown_table,
     quick_check,
     suite_table,
     summarise,
 )
+from edge_cl.bench.study import Progress, Stream, evaluation_points
 from edge_cl.cli import main
 from edge_cl.errors import FrameError, NotFittedError
 from edge_cl.learner.ar1 import AR1Star

@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import numpy as np
 
 from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
+from edge_cl.bench.report import summarise
 from edge_cl.extractor.imagenet import PretrainedHead
 from edge_cl.learner.ar1 import AR1Star, CWRStar, NaiveFineTune, latent_summary
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
@@ -275,125 +275,6 @@ def evaluation_points(batches: int, count: int) -> set[int]:
     return {round(float(i)) for i in np.linspace(0, batches - 1, max(2, count))}
 
 
-def reference_for(features: str) -> str:
-    """The cumulative strategy a strategy is measured against: same features, same depth (the
-    latent's summary is measured against retraining at the latent depth).
-
-    >>> reference_for("pool"), reference_for("latent-summary")
-    ('cumulative-pool', 'cumulative-latent')
-    """
-    return "cumulative-latent" if features == "latent-summary" else f"cumulative-{features}"
-
-
-LDA_REFERENCE = "slda"
-"""The streaming LDA the default learner must not fall behind (the paired differences of the
-study tables)."""
-
-
-def _sem(values: Sequence[float] | np.ndarray) -> float:
-    """Standard error of a mean (sample standard deviation / sqrt(n)); 0 for one value."""
-    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-
-
-def _saving(mine: np.ndarray, ref: np.ndarray) -> float:
-    return float(1.0 - mine.sum() / ref.sum()) if ref.sum() > 0 else float("nan")
-
-
-def summarise(
-    runs: list[dict[str, Any]], image_bytes: int = 128 * 128 * 3
-) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation over runs of accuracy, compute and memory per strategy.
-
-    Savings are against the cumulative strategy of the same features (``reference_for``) on
-    the same ordering, when it ran: over the life cycle ``1 - sum(mine) / sum(cumulative)`` over
-    all batches (for memory: of the bytes held after each batch), and at the last batch
-    ``1 - mine[-1] / cumulative[-1]``. ``raw_images_mb`` is what keeping every image seen
-    would cost at the extractor's input size (``image_bytes`` each), the alternative to keeping
-    latents. ``*_sem`` are standard errors of the means; ``lda_gap_*`` is the paired difference
-    to streaming LDA (``LDA_REFERENCE``) on the same orderings, when it ran.
-    """
-    by_key = {(r["strategy"], r["seed"]): r for r in runs}
-    out: dict[str, dict[str, float]] = {}
-    for name in dict.fromkeys(r["strategy"] for r in runs):
-        mine = [r for r in runs if r["strategy"] == name]
-        final = np.array([r["final_accuracy"] for r in mine])
-        average = np.array([np.mean(list(r["accuracy"].values())) for r in mine])
-        s: dict[str, float] = {
-            "runs": len(mine),
-            "final_accuracy_mean": float(final.mean()),
-            "final_accuracy_std": float(final.std()),
-            "final_accuracy_sem": _sem(final),
-            "average_accuracy_mean": float(average.mean()),
-            "total_gflop_mean": float(np.mean([sum(r["flops"]) for r in mine]) / 1e9),
-            "update_seconds_mean": float(np.mean([np.mean(r["seconds"]) for r in mine])),
-            "final_memory_mb_mean": float(np.mean([r["memory_bytes"][-1] for r in mine]) / 2**20),
-            "raw_images_mb": float(np.mean([r["images_seen"][-1] for r in mine]))
-            * image_bytes
-            / 2**20,
-        }
-        pairs = [
-            (r, by_key[(reference_for(r["features"]), r["seed"])])
-            for r in mine
-            if (reference_for(r["features"]), r["seed"]) in by_key
-        ]
-        if pairs:
-            gaps = [r["final_accuracy"] - ref["final_accuracy"] for r, ref in pairs]
-            s["gap_mean"] = float(np.mean(gaps))
-            s["gap_std"] = float(np.std(gaps))
-            s["gap_sem"] = _sem(gaps)
-            for what, key in (("compute", "flops"), ("memory", "memory_bytes")):
-                life = [_saving(np.array(r[key], float), np.array(f[key], float)) for r, f in pairs]
-                last = [_saving(np.array(r[key][-1:], float), np.array(f[key][-1:], float))
-                        for r, f in pairs]  # fmt: skip
-                s[f"{what}_saving_life"] = float(np.mean(life))
-                s[f"{what}_saving_last"] = float(np.mean(last))
-        lda = [
-            r["final_accuracy"] - by_key[(LDA_REFERENCE, r["seed"])]["final_accuracy"]
-            for r in mine
-            if (LDA_REFERENCE, r["seed"]) in by_key
-        ]
-        if lda and name != LDA_REFERENCE:
-            s["lda_gap_mean"], s["lda_gap_sem"] = float(np.mean(lda)), _sem(lda)
-        out[name] = s
-    return out
-
-
-def _pct(value: float | None, signed: bool = False) -> str:
-    if value is None or not np.isfinite(value):
-        return ""
-    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
-
-
-def markdown_table(summary: dict[str, dict[str, float]]) -> str:
-    """The summary as a Markdown table: accuracy, gap and savings vs same-depth cumulative."""
-    rows = [
-        "| strategy | runs | final accuracy (s.e.) | gap to cumulative (s.e.) | vs streaming LDA "
-        "(s.e.) | average accuracy | compute saving: life / last | memory saving: life / last "
-        "| total GFLOP | s per update | memory at end (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, s in summary.items():
-        gap = lda = ""
-        if "gap_mean" in s:
-            gap = f"{_pct(s['gap_mean'], True)} ({_pct(s['gap_sem'])})"
-        if "lda_gap_mean" in s:
-            lda = f"{_pct(s['lda_gap_mean'], True)} ({_pct(s['lda_gap_sem'])})"
-        saving = {
-            w: f"{_pct(s.get(f'{w}_saving_life'))} / {_pct(s.get(f'{w}_saving_last'))}"
-            if f"{w}_saving_life" in s
-            else ""
-            for w in ("compute", "memory")
-        }
-        rows.append(
-            f"| {name} | {s['runs']:.0f} | {_pct(s['final_accuracy_mean'])} "
-            f"({_pct(s['final_accuracy_sem'])}) | {gap} | {lda} | "
-            f"{_pct(s['average_accuracy_mean'])} | "
-            f"{saving['compute']} | {saving['memory']} | {s['total_gflop_mean']:.0f} | "
-            f"{s['update_seconds_mean']:.3f} | {s['final_memory_mb_mean']:.1f} |"
-        )
-    return "\n".join(rows)
-
-
 def scenario_record(scenario: Scenario) -> dict[str, Any]:
     """What defines a scenario in a result file: its numbers, generator info and a hash."""
     digest = hashlib.sha256()
@@ -542,106 +423,3 @@ def _results(
         "summary": by_scenario,
         "runs": runs,
     }
-
-
-def suite_table(result: dict[str, Any], learner: str = "ar1-latent") -> str:
-    """One row per scenario for ``learner``: its final accuracy against cumulative retraining
-    at the same depth and streaming LDA (paired differences, standard errors), its compute
-    saving, update time and memory. Empty if it did not run.
-    """
-    rows = [
-        f"| scenario | {learner} (s.e.) | cumulative | gap (s.e.) | {LDA_REFERENCE} | "
-        "vs it (s.e.) | compute saving, life | s per update | memory at end (MB) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for scenario, summary in result["summary"].items():
-        s = summary.get(learner)
-        if s is None:
-            continue
-        ref = summary.get("cumulative-latent", {}).get("final_accuracy_mean")
-        lda = summary.get(LDA_REFERENCE, {}).get("final_accuracy_mean")
-        gap = f"{_pct(s['gap_mean'], True)} ({_pct(s['gap_sem'])})" if "gap_mean" in s else ""
-        vs = ""
-        if "lda_gap_mean" in s:
-            vs = f"{_pct(s['lda_gap_mean'], True)} ({_pct(s['lda_gap_sem'])})"
-        rows.append(
-            f"| {scenario} | {_pct(s['final_accuracy_mean'])} ({_pct(s['final_accuracy_sem'])}) "
-            f"| {_pct(ref)} | {gap} | {_pct(lda)} | {vs} | {_pct(s.get('compute_saving_life'))} "
-            f"| {s['update_seconds_mean']:.3f} | {s['final_memory_mb_mean']:.1f} |"
-        )
-    return "\n".join(rows) if len(rows) > 2 else ""
-
-
-def markdown_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
-    """A study's Markdown summary: command, machine, scenarios, one table per scenario."""
-    env = result["environment"]
-    lines = ["# Lifecycle study", ""]
-    if "command" in result:
-        lines += ["Command:", "", f"    {result['command']}", ""]
-    lines += [
-        f"Machine: {env['cpu']}, {env['cores']} cores, {env['platform']}, Python "
-        f"{env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
-        f"Extractor: `{result.get('extractor', '?')}`. Settings: "
-        + ", ".join(f"{k} {v}" for k, v in result["settings"].items() if k != "strategies")
-        + ".",
-        "",
-        "Accuracy is the mean over runs with its standard error. Gap and savings are against "
-        "the cumulative strategy of the same features on the same ordering, 'vs streaming LDA' "
-        f"against `{LDA_REFERENCE}` on the same ordering (paired differences). Compute saving "
-        "over the life cycle is "
-        "`1 - sum(FLOPs) / sum(cumulative FLOPs)` over all batches, at the last batch "
-        "`1 - FLOPs / cumulative FLOPs` of that batch; memory the same with the bytes held "
-        "after each batch. Average accuracy is the mean over the evaluation points.",
-        "",
-    ]
-    table = suite_table(result)
-    if len(result["summary"]) > 1 and table:
-        lines += ["## The default learner on every scenario", "", table, ""]
-    for name, summary in result["summary"].items():
-        sc = result["scenarios"].get(name, {})
-        lines += [f"## {name}", ""]
-        if sc:
-            lines += [
-                f"{sc['batches']} batches of {sc['images_per_batch_min']}-"
-                f"{sc['images_per_batch_max']} images (mean {sc['images_per_batch_mean']}), "
-                f"{sc['first_batch_classes']} classes in the first batch, {sc['classes']} in "
-                f"all, {sc['test_images']} test images. Keeping every image seen would take "
-                f"{next(iter(summary.values()))['raw_images_mb']:.0f} MB at the input size.",
-                "",
-            ]
-        lines += [markdown_table(summary), ""]
-        lines += [f"![{p}]({p})" for p in plots if Path(p).stem.rsplit("_", 1)[0] == name]
-        lines += [""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def quick_check(
-    result: dict[str, Any],
-    learner: str = "ar1-latent",
-    max_gap: float = 0.03,
-    lda: Sequence[str] = ("slda", "slda-latent"),
-    max_lda_gap: float = 0.01,
-) -> list[str]:
-    """Failures of the quick study: ``learner`` more than ``max_gap`` behind its cumulative
-    reference, or more than ``max_lda_gap`` behind a streaming LDA of ``lda``, on a scenario."""
-    failures = []
-    for scenario, summary in result["summary"].items():
-        s = summary.get(learner)
-        if s is None or "gap_mean" not in s:
-            failures.append(f"{scenario}: no {learner} run with a cumulative run to compare with")
-            continue
-        if s["gap_mean"] < -max_gap:
-            failures.append(
-                f"{scenario}: {learner} ends {-100 * s['gap_mean']:.1f} points behind cumulative "
-                f"(allowed {100 * max_gap:.0f})"
-            )
-        for name in lda:
-            if name not in summary:
-                continue
-            behind = summary[name]["final_accuracy_mean"] - s["final_accuracy_mean"]
-            if behind > max_lda_gap:
-                failures.append(
-                    f"{scenario}: {learner} ends {100 * behind:.1f} points behind {name} "
-                    f"(allowed {100 * max_lda_gap:.0f})"
-                )
-    return failures
