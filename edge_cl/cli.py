@@ -16,9 +16,9 @@ import numpy as np
 
 from edge_cl import __version__
 from edge_cl.bench.filelists import Scenario
-from edge_cl.bench.scenarios import DEFAULT_DATASETS, SUITES, image_folder
+from edge_cl.bench.scenarios import DEFAULT_DATASETS, SUITES, available, image_folder
 from edge_cl.device.cli import add_device_commands
-from edge_cl.errors import EdgeClError
+from edge_cl.errors import DatasetError, EdgeClError
 from edge_cl.extractor import RUNTIME_FORMATS, open_extractor
 from edge_cl.extractor import litert as litert_backend
 from edge_cl.extractor import onnx as onnx_backend
@@ -103,14 +103,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """The lifecycle study: strategies over orderings of real image streams."""
     from edge_cl.bench import report as study_report
     from edge_cl.bench import study
-    from edge_cl.bench.filelists import load_filelists
-    from edge_cl.bench.latents import LatentCache
+    from edge_cl.bench.filelists import filelist_runs, load_filelist_runs
+    from edge_cl.bench.latents import LatentCache, clear_cache
     from edge_cl.bench.scenarios import build
     from edge_cl.extractor.imagenet import head_arrays
 
+    if args.clear_cache:
+        freed = clear_cache(args.cache / "latents")
+        print(f"cleared the latent cache at {args.cache / 'latents'}: {freed / 2**20:.1f} MB freed")
+        return 0
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+    if args.filelists is None:
+        scenario_names = SUITES[args.suite] if args.suite else args.scenario
+        unknown = [n for n in scenario_names if n not in available()]
+        if unknown:
+            raise DatasetError(f"unknown scenarios {unknown}; choose from {', '.join(available())}")
     if args.plots:
         from edge_cl.bench.plots import require_matplotlib
 
@@ -123,16 +132,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.filelists is not None:
         if args.root is None:
             raise EdgeClError("--filelists needs --root (the folder the filelists' paths start at)")
-        root, lists = args.root, args.filelists
-        scenarios = [lambda seed: load_filelists(root, lists)]
+        if args.runs is None:
+            args.runs = len(filelist_runs(args.filelists))
+        orderings = load_filelist_runs(args.root, args.filelists, args.runs)
+        scenarios = [lambda run: orderings[run]]  # the study's "seed" i is run i
     else:
         images, datasets = args.cache / "images", args.datasets
 
         def builder(name: str) -> Callable[[int], Scenario]:
             return lambda seed: build(name, datasets, seed, images / image_folder(name))
 
-        names = SUITES[args.suite] if args.suite else args.scenario
-        scenarios = [builder(name) for name in names]
+        scenarios = [builder(name) for name in scenario_names]
+        args.runs = 3 if args.runs is None else args.runs
     command = "edge-cl " + " ".join(sys.argv[1:])
 
     def write(path: Path | None, text: str, final: bool) -> None:
@@ -173,15 +184,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.eval_points,
             args.replay_mb,
             args.epochs,
+            predictions_per_batch=args.predictions_per_batch,
             on_ordering=lambda partial: save(partial, final=False),
         )
     print("\n" + save(result, final=True))
+    print(f"latent cache: {cache.nbytes / 2**20:.1f} MB at {cache.location} (--clear-cache)")
     if args.quick:
         failures = study_report.quick_check(result)
         for failure in failures:
             print(f"edge-cl bench --quick: FAILED: {failure}", file=sys.stderr)
         return 1 if failures else 0
     return 0
+
+
+class _BenchHelp(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every default in the help, and the strategy list below it as written."""
+
+
+def _bench_epilog() -> str:
+    """The strategies ``edge-cl bench`` knows, one line each."""
+    from edge_cl.bench import study
+
+    lines = [f"  {name:30s} {s.help}" for name, s in study.strategies().items()]
+    return "strategies:\n" + "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,13 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     def runtime_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--runtime", choices=sorted(RUNTIME_FORMATS), default="onnx")
-        p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
-        p.add_argument("--resolution", type=int, default=None, help="multiple of 32 (128)")
+        p.add_argument(
+            "--runtime", choices=sorted(RUNTIME_FORMATS), default="onnx", help="extractor runtime"
+        )
+        p.add_argument(
+            "--precision", choices=["fp32", "int8"], default="fp32", help="extractor weights"
+        )
+        p.add_argument(
+            "--resolution", type=int, default=None, help="input side, a multiple of 32 (None: 128)"
+        )
         p.add_argument(
             "--threads", type=int, default=1, help="extractor threads (bench: numpy's too)"
         )
-        p.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+        p.add_argument(
+            "--datasets", type=Path, default=DEFAULT_DATASETS, help="the shared image datasets"
+        )
 
     classify = sub.add_parser("classify", help=cmd_classify.__doc__)
     classify.add_argument("images", nargs="+", type=Path)
@@ -215,8 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", type=Path, default=None, help="write the results here")
     verify.set_defaults(func=cmd_verify)
 
-    bench = sub.add_parser("bench", help=cmd_bench.__doc__)
-    bench.add_argument("--scenario", nargs="+", default=["coil100-sessions"])
+    bench = sub.add_parser(
+        "bench",
+        help=cmd_bench.__doc__,
+        description=cmd_bench.__doc__,
+        formatter_class=_BenchHelp,
+        epilog=_bench_epilog(),
+    )
+    bench.add_argument(
+        "--scenario",
+        nargs="+",
+        default=["coil100-sessions"],
+        help="generated scenarios to run: " + ", ".join(available()),
+    )
     bench.add_argument(
         "--suite",
         choices=sorted(SUITES),
@@ -225,17 +269,50 @@ def build_parser() -> argparse.ArgumentParser:
         "(only confirms them): " + "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items()),
     )
     bench.add_argument("--root", type=Path, default=None, help="image root of --filelists")
-    bench.add_argument("--filelists", type=Path, default=None, help="CORe50-format filelists")
+    bench.add_argument(
+        "--filelists",
+        type=Path,
+        default=None,
+        help="CORe50-format filelists: one ordering's folder (train_batch_XX_filelist.txt, "
+        "test_filelist.txt), or a protocol's folder of run0/, run1/, ... (e.g. NIC_v2_391/)",
+    )
     bench.add_argument(
         "--strategies",
         default="ar1-latent,cumulative-latent,slda,slda-latent",
-        help="comma-separated (default: %(default)s)",
+        help="comma-separated strategy names (listed below)",
     )
-    bench.add_argument("--runs", type=int, default=3, help="orderings (seeds 0..N-1)")
-    bench.add_argument("--eval-points", type=int, default=5)
-    bench.add_argument("--replay-mb", type=float, default=8.0)
-    bench.add_argument("--epochs", type=int, default=4)
-    bench.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edge_cl")
+    bench.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="orderings: seeds 0..N-1 of a generated scenario (default 3), run0..run{N-1} of "
+        "--filelists (default: every run it holds)",
+    )
+    bench.add_argument(
+        "--eval-points", type=int, default=5, help="test-set evaluations, spread over the stream"
+    )
+    bench.add_argument(
+        "--replay-mb", type=float, default=8.0, help="replay memory of the AR1* strategies"
+    )
+    bench.add_argument("--epochs", type=int, default=4, help="epochs per batch of the SGD learners")
+    bench.add_argument(
+        "--predictions-per-batch",
+        type=int,
+        default=300,
+        help="frames the device classifies per learned batch (a CORe50 session: 15 s at 20 fps), "
+        "counted in the life-cycle compute (0: updates alone)",
+    )
+    bench.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "edge_cl",
+        help="rendered images and extracted latents, kept between studies",
+    )
+    bench.add_argument(
+        "--clear-cache",
+        action="store_true",
+        help="remove the extracted latents under --cache (every model's) and exit",
+    )
     bench.add_argument("--json", type=Path, default=None, help="write the results here")
     bench.add_argument("--markdown", type=Path, default=None, help="write the summary here")
     bench.add_argument("--plots", type=Path, default=None, help="write PNG figures here")

@@ -57,3 +57,7 @@ class ConfigError(EdgeClError, ValueError):
 
 class CameraError(EdgeClError):
     """A camera or frame source cannot be opened, or stopped delivering frames."""
+
+
+class StrategyError(EdgeClError, ValueError):
+    """A lifecycle study names a strategy it does not have (the message lists those it has)."""

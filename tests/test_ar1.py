@@ -531,3 +531,77 @@ def test_a_large_batch_trains_on_a_bounded_sample_and_the_gaussians_see_it_all()
     assert uncapped.partial_fit(x, y).past.sum() == 60
     with pytest.raises(ValueError, match="new_per_update"):
         AR1Star(new_per_update=0)
+
+
+def test_prediction_flops_match_a_hand_count_of_each_layer() -> None:
+    """One frame of a (2, 3, 320) latent over 3 classes, counted by hand layer by layer; the
+    count of the layers up to the pool is the layers' own ``flops``, and it follows the shape
+    learned, the classes known and the Gaussian head."""
+    x, y = blobs(np.random.default_rng(0), [0, 1, 2], 4, (2, 3, 320))
+    positions, k = 6, 3
+    conv, norm = 2 * positions * 320 * 1280, 2 * positions * 1280  # matmul; scale and shift
+    relu, pool = 2 * positions * 1280, positions * 1280  # two comparisons; one addition
+    output = 2 * 1280 * k
+    summary = positions * 320 * (1 + 3)  # mean, then subtract, square, add for the spread
+    gauss = 2 * 640 * k + k + k  # its scores, their bias, the sum with the CWR* logits
+    ar1 = AR1Star(depth="latent", epochs=1, replay_mb=0.5)
+    assert ar1.predict_flops == 0  # nothing learned, nothing to classify
+    ar1.partial_fit(x, y)
+    assert ar1.predict_flops == conv + norm + relu + pool + output + summary + gauss
+    shape: tuple[int, ...] = (1, 2, 3, 320)
+    layers = 0
+    for layer in ar1.latent:
+        layers += layer.flops(shape)
+        shape = layer.output_shape(shape)
+    assert layers == conv + norm + relu + pool
+    plain = AR1Star(depth="latent", epochs=1, replay_mb=0.5, gaussian_head=False)
+    assert plain.partial_fit(x, y).predict_flops == conv + norm + relu + pool + output
+    for cls in (NaiveFineTune, Cumulative):
+        assert cls(depth="latent", epochs=1).partial_fit(x, y).predict_flops == layers + output
+    pool_ar1 = AR1Star(depth="pool", epochs=1, replay_mb=0.5)
+    xp, yp = blobs(np.random.default_rng(1), [0, 1], 4)
+    assert pool_ar1.partial_fit(xp, yp).predict_flops == 2 * 1280 * 2 + (2 * 1280 * 2 + 2) + 2
+    assert CWRStar(depth="pool", epochs=1).partial_fit(xp, yp).predict_flops == 2 * 1280 * 2
+    ar1.forget("c1")
+    assert ar1.predict_flops == conv + norm + relu + pool + summary + (2 * 1280 + 2 * 640 + 2) * 2
+
+
+def test_prediction_flops_survive_a_checkpoint_and_older_ones_count_from_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    x, y = blobs(np.random.default_rng(0), [0, 1], 4, (4, 4, 320))
+    learner = AR1Star(depth="latent", epochs=1, replay_mb=0.5).partial_fit(x, y)
+    learner.save(tmp_path / "new.ckpt")
+    assert AR1Star.load(tmp_path / "new.ckpt").predict_flops == learner.predict_flops
+    meta, arrays = load_state(tmp_path / "new.ckpt")
+    del meta["pattern_shape"]
+    save_state(tmp_path / "old.ckpt", meta, arrays)
+    old = AR1Star.load(tmp_path / "old.ckpt")
+    assert old.pattern_shape is None and old.predict_flops == 2 * 1280 * 2 + 2 * 640 * 2 + 4
+    assert old.partial_fit(x, y).predict_flops == learner.predict_flops
+
+
+def test_a_cumulative_retrain_depends_on_the_data_so_far_alone() -> None:
+    """Retraining after every batch, only at some batches, or from a checkpoint gives the same
+    network at the last batch: each retrain draws from (seed, batches seen), not from what the
+    earlier retrains drew."""
+    rng = np.random.default_rng(0)
+    batches = [blobs(rng, classes, 8) for classes in ([0, 1], [2], [0, 3], [1, 2])]
+    test_x, _ = blobs(np.random.default_rng(1), [0, 1, 2, 3], 5)
+    every, sparse, once = (Cumulative(depth="pool", epochs=2, seed=3) for _ in range(3))
+    for i, (x, y) in enumerate(batches):
+        every.partial_fit(x, y)
+        sparse.add(x, y)
+        if i in (0, 2):
+            sparse.retrain()
+        once.add(x, y)
+    sparse.retrain()
+    once.retrain()
+    for other in (sparse, once):
+        np.testing.assert_array_equal(other.cw, every.cw)
+        np.testing.assert_array_equal(other.predict_proba(test_x), every.predict_proba(test_x))
+    reseeded = Cumulative(depth="pool", epochs=2, seed=4)
+    for x, y in batches:
+        reseeded.add(x, y)
+    reseeded.retrain()
+    assert not np.array_equal(reseeded.cw, every.cw)  # the seed still decides the shuffles

@@ -293,15 +293,34 @@ def test_state_of_another_kind_or_shape_is_refused() -> None:
 
 
 @pytest.mark.parametrize("cls", LEARNERS)
-def test_nbytes_counts_the_model_arrays(cls: type[NearestClassMean | StreamingLDA]) -> None:
+def test_nbytes_counts_the_state_not_the_scoring_caches(
+    cls: type[NearestClassMean | StreamingLDA],
+) -> None:
+    """The footprint is the statistics alone, the same before and after predicting (SLDA's
+    cached precision and scoring weights are rebuilt from them, and left out)."""
     assert cls().nbytes == 0
     model = fitted(cls)
+    unscored = model.nbytes
     model.predict(np.zeros((1, 6)))
     statistics = 3 * 6 * 8 + 3 * 8  # means (float64) and counts (int64) of 3 classes
     if cls is NearestClassMean:
-        assert model.nbytes == statistics
-    else:  # scatter and precision (float64 6x6), scoring weights and biases (float32)
-        assert model.nbytes == statistics + 2 * 6 * 6 * 8 + 6 * 3 * 4 + 3 * 4
+        assert model.nbytes == unscored == statistics
+    else:  # plus the scatter (float64 6x6)
+        assert isinstance(model, StreamingLDA) and model._weights is not None  # cached now
+        assert model.nbytes == unscored == statistics + 6 * 6 * 8
+
+
+def test_prediction_flops_match_a_hand_count() -> None:
+    """One frame of 6 features over the 3 live classes; forgetting a class drops its share."""
+    d, k = 6, 3
+    ncm, slda = fitted(NearestClassMean), fitted(StreamingLDA)
+    # NCM: |x|^2 and 2x, dot products, the means' norms (each call), combine, clip/root/sign
+    assert ncm.predict_flops == (2 * d + d) + 2 * d * k + 2 * d * k + 2 * k + 3 * k
+    assert slda.predict_flops == 2 * d * k + k  # cached weights, bias
+    ncm.forget("pen")
+    slda.forget("pen")
+    assert (ncm.predict_flops, slda.predict_flops) == (4 * d * 2 + 3 * d + 10, 2 * d * 2 + 2)
+    assert NearestClassMean().predict_flops == StreamingLDA().predict_flops == 0
 
 
 # ----------------------------------------------------------------------------- bad input

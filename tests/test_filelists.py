@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from edge_cl.bench.filelists import (
+    TEST_FILE,
     Scenario,
     batch_filename,
+    filelist_runs,
+    load_filelist_runs,
     load_filelists,
     load_scenario,
     write_filelists,
@@ -234,3 +237,139 @@ def test_a_fifo_named_like_a_filelist_is_refused_not_waited_on(
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     writer.join()
     os.close(reader)
+
+
+RUN_ORDERS = {"run0": TRAIN_SESSIONS, "run1": ["s5", "s9", "s1", "s6", "s2", "s8", "s4"]}
+
+
+def session_batch(root: Path, session: str) -> tuple[list[str], list[int]]:
+    """The batch of one session's frames as the loader should return it."""
+    lines = [line.split() for line in official_lines(root, session)]
+    return [p for p, _ in lines], [int(lab) for _, lab in lines]
+
+
+@pytest.fixture
+def nicv2(core50_root: Path, tmp_path: Path) -> Path:
+    """CORe50's NICv2 layout on the real sample frames: run0/ and run1/ hold the same batches
+    (one per training session) in different orders, and each its copy of the same test list."""
+    protocol = tmp_path / "NIC_v2_391"
+    test = "\n".join(line for s in TEST_SESSIONS for line in official_lines(core50_root, s))
+    for run, sessions in RUN_ORDERS.items():
+        batches = {
+            batch_filename(i, len(sessions)): "\n".join(official_lines(core50_root, s)) + "\n"
+            for i, s in enumerate(sessions)
+        }
+        write(protocol / run, batches, test + "\n")
+    return protocol
+
+
+def test_run_folders_load_as_orderings_in_order(core50_root: Path, nicv2: Path) -> None:
+    assert filelist_runs(nicv2) == [("run0", nicv2 / "run0"), ("run1", nicv2 / "run1")]
+    first, second = load_filelist_runs(core50_root, nicv2, 2)
+    assert (first.name, second.name) == ("NIC_v2_391", "NIC_v2_391")  # one scenario, 2 orderings
+    assert (first.meta, second.meta) == ({"run": "run0"}, {"run": "run1"})
+    for scenario in (first, second):
+        sessions = RUN_ORDERS[scenario.meta["run"]]
+        assert scenario.train_batches == [session_batch(core50_root, s) for s in sessions]
+        assert all(f.is_file() for i in range(7) for f in scenario.train_files(i))
+    assert first.train_batches != second.train_batches
+    assert sorted(first.train_batches) == sorted(second.train_batches)
+    assert first.test == second.test and len(first.test[0]) == 20
+    [only] = load_filelist_runs(core50_root, nicv2, 1, name="nic")
+    assert only.name == "nic" and only.meta == {"run": "run0"}
+    assert only.train_batches == first.train_batches
+
+
+def test_each_run_is_read_from_its_own_files(core50_root: Path, nicv2: Path) -> None:
+    (nicv2 / "run1" / TEST_FILE).write_text("\n".join(official_lines(core50_root, "s7")) + "\n")
+    first, second = load_filelist_runs(core50_root, nicv2, 2)
+    assert first.test[0][0].startswith("s3/") and len(first.test[0]) == 20
+    assert all(p.startswith("s7/") for p in second.test[0]) and len(second.test[0]) == 10
+    with (nicv2 / "run1" / "train_batch_03_filelist.txt").open("a") as f:
+        f.write("s6/o3/C_06_03_999.png 2\n")
+    with pytest.raises(DatasetError, match=r"first at .*run1/train_batch_03_filelist\.txt:11"):
+        load_filelist_runs(core50_root, nicv2, 2)  # every run asked for is checked up front
+    assert load_filelist_runs(core50_root, nicv2, 1)[0].meta["run"] == "run0"
+
+
+def test_runs_sort_numerically_not_lexically(core50_root: Path, tmp_path: Path) -> None:
+    frames = [line for s in TRAIN_SESSIONS for line in official_lines(core50_root, s)]
+    for i in range(12):
+        write(tmp_path / f"run{i}", {"train_batch_00_filelist.txt": frames[i] + "\n"})
+    names = [f"run{i}" for i in range(12)]
+    assert filelist_runs(tmp_path) == [(n, tmp_path / n) for n in names]
+    loaded = load_filelist_runs(core50_root, tmp_path, 12)
+    assert [s.meta["run"] for s in loaded] == names
+    assert [s.train_batches[0][0][0] for s in loaded] == [f.split()[0] for f in frames[:12]]
+
+
+def test_a_single_folder_is_one_ordering(core50_root: Path, core50_lists: Path) -> None:
+    assert filelist_runs(core50_lists) == [("run0", core50_lists)]
+    [s] = load_filelist_runs(core50_root, core50_lists, 1)
+    plain = load_filelists(core50_root, core50_lists)
+    assert (s.name, s.meta) == (plain.name, {"run": "run0"}) == ("run0", {"run": "run0"})
+    assert s.train_batches == plain.train_batches and s.test == plain.test
+    protocol = core50_lists.parent  # NI_inc/ holding run0/ alone
+    assert filelist_runs(protocol) == [("run0", core50_lists)]
+    [again] = load_filelist_runs(core50_root, protocol, 1)
+    assert again.name == "NI_inc" and again.train_batches == plain.train_batches
+
+
+def test_generated_runs_keep_their_metadata(core50_root: Path, core50_lists: Path) -> None:
+    s = load_filelists(core50_root, core50_lists, name="generated")
+    s.meta = {"seed": 4}
+    out = core50_lists.parent.parent / "generated"
+    for run in ("run0", "run1"):
+        write_filelists(s, out / run)
+    loaded = load_filelist_runs(core50_root, out, 2)
+    assert [(x.name, x.meta) for x in loaded] == [
+        ("generated", {"seed": 4, "run": "run0"}),
+        ("generated", {"seed": 4, "run": "run1"}),
+    ]
+
+
+B, T = "train_batch_00_filelist.txt", TEST_FILE
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({".": ["notes.txt"]}, "holds neither train_batch_XX_filelist.txt files (one ordering)"),
+        ({"NIC_v2_391/run0": [B, T]}, "nor run0/, run1/, ... folders of them (one protocol, as "),
+        ({"NC_inc/run0": [B, T], "NIC_v2_391/run0": [B, T]}, "its subfolders: NC_inc, NIC_v2_39"),
+        ({".": ["run0"]}, "holds neither"),  # a file named like a run is no run
+        ({"run0": [B, T], "run1": [T]}, "run1 holds no train_batch_XX_filelist.txt"),
+        ({"run0": [B, T], "run1": [B]}, "run1 has no test_filelist.txt"),
+        ({"run0": [B, T], "run2": [B, T]}, "runs [1] are missing (incomplete copy?)"),
+        ({"run1": [B, T], "run2": [B, T]}, "runs [0] are missing"),
+        ({"run0": [B, T], "run1": [B, T], "run01": [B, T]}, "two folders for run 1: run"),
+        ({".": [B, T], "run0": [B, T]}, "mixes both layouts: it holds train_batch_XX_filelist.txt"),
+        ({".": [B]}, "has no test_filelist.txt"),
+    ],
+)
+def test_malformed_run_layouts_raise_clear_errors(
+    core50_root: Path, tmp_path: Path, layout: dict[str, list[str]], message: str
+) -> None:
+    for folder, files in layout.items():
+        write(tmp_path / folder, dict.fromkeys(files, GOOD), test=None)
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        filelist_runs(tmp_path)
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        load_filelist_runs(core50_root, tmp_path, 1)
+
+
+def test_asking_for_more_runs_than_held_names_those_held(
+    core50_root: Path, nicv2: Path, core50_lists: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(
+        DatasetError, match=re.escape(f"asked for 3 runs, {nicv2} holds run0, run1;")
+    ):
+        load_filelist_runs(core50_root, nicv2, 3)
+    with pytest.raises(DatasetError, match=re.escape("asked for 0 runs")):
+        load_filelist_runs(core50_root, nicv2, 0)
+    with pytest.raises(DatasetError, match=re.escape("holds run0 (a single ordering; pass the")):
+        load_filelist_runs(core50_root, core50_lists, 2)
+    with pytest.raises(DatasetError, match=r"filelist folder .*nowhere does not exist"):
+        filelist_runs(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match=r"filelist folder .*nowhere does not exist"):
+        load_filelist_runs(core50_root, tmp_path / "nowhere", 1)

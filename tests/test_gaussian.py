@@ -101,3 +101,19 @@ def test_cached_weights_follow_every_change_of_the_statistics() -> None:
     g.forget(2)
     assert np.array_equal(g.scores(x, all3), fresh(all3))
     assert np.array_equal(g.scores(x, np.array([0, 1])), fresh(np.array([0, 1])))
+
+
+def test_nbytes_is_the_statistics_whether_or_not_it_has_scored() -> None:
+    """The precision and scoring weights cached by ``scores`` are not state: the footprint does
+    not depend on when the head last scored (the lifecycle study's memory series must not move
+    with its evaluation points)."""
+    rng = np.random.default_rng(4)
+    x, y = data(rng, dim=8)
+    g = ClassGaussians(8).partial_fit(x, y)
+    before = g.nbytes
+    g.scores(x[:2], np.arange(4))
+    assert g.nbytes == before == 4 * 8 * 8 + 4 * 8 + 8 * 8 * 8  # means, counts, scatter
+
+
+def test_score_flops_count_the_product_and_the_bias() -> None:
+    assert ClassGaussians.score_flops(8, 4) == 2 * 8 * 4 + 4

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_cl.bench.latents import LatentCache, model_key
+from edge_cl.bench import latents
+from edge_cl.bench.latents import LatentCache, clear_cache, model_key
 from edge_cl.errors import DatasetError
 from edge_cl.extractor import Extractor, open_extractor
 from edge_cl.extractor.manifest import Manifest
@@ -95,9 +98,13 @@ def test_edited_file_is_extracted_again(
     after = cache.get([image, coil[1]])
     assert sum(calls) == 4
     assert not np.allclose(after[0], before[0]) and np.array_equal(after[1], before[1])
+    assert len(list(cache.location.glob("shard_*.json"))) == 3  # the image is in all three
+    fresh = LatentCache(tmp_path / "cache", extractor)
+    np.testing.assert_array_equal(fresh.get([image]), after[:1])  # the newest record wins
+    assert sum(calls) == 4
 
 
-@pytest.mark.parametrize("damage", ["garbage index", "truncated shard", "missing shard", "rows"])
+@pytest.mark.parametrize("damage", ["garbage record", "truncated shard", "missing shard", "rows"])
 def test_corrupt_store_is_rebuilt_with_a_warning(
     extractor: Extractor,
     calls: list[int],
@@ -109,15 +116,15 @@ def test_corrupt_store_is_rebuilt_with_a_warning(
     cache = LatentCache(tmp_path, extractor)
     cache.get(coil[:3])
     shard = cache.store / "shard_00000.npy"
-    index = cache.store / "index.json"
-    if damage == "garbage index":
-        index.write_text('{"version": 1, "entries": [')
+    record = cache.store / "shard_00000.json"
+    if damage == "garbage record":
+        record.write_text('{"version": 2, "images": [')
     elif damage == "truncated shard":
         shard.write_bytes(shard.read_bytes()[:1000])
     elif damage == "missing shard":
         shard.unlink()
     else:
-        index.write_text(index.read_text().replace('"shards": [3]', '"shards": [2]'))
+        record.write_text(record.read_text().replace('"rows": 3', '"rows": 2'))
     with pytest.warns(RuntimeWarning, match="latent cache .* is corrupt"):
         rebuilt = LatentCache(tmp_path, extractor)
     np.testing.assert_allclose(rebuilt.get(coil[:3]), reference[:3], atol=1e-5)
@@ -135,3 +142,162 @@ def test_store_key_follows_model_and_resolution(manifest: Manifest, extractor: E
 def test_missing_image_raises(extractor: Extractor, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="cannot be read"):
         LatentCache(tmp_path, extractor).get([tmp_path / "nope.png"])
+
+
+LATENT_BYTES = 4 * 4 * 320 * 4
+"""One 128 px latent, float32."""
+
+
+def shard_files(store: Path) -> dict[str, tuple[int, int, int]]:
+    """Inode, mtime (ns) and size of each shard and record of a store."""
+    out = {}
+    for f in sorted(store.glob("shard_*")):
+        st = f.stat()
+        out[f.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def test_shards_are_never_rewritten(
+    extractor: Extractor, calls: list[int], coil: list[Path], reference: np.ndarray, tmp_path: Path
+) -> None:
+    cache = LatentCache(tmp_path, extractor, batch_size=4, shard_rows=4)
+    cache.get(coil[:6])  # a full shard of 4, then one of 2
+    first = shard_files(cache.location)
+    assert list(first) == [f"shard_0000{i}.{x}" for i in (0, 1) for x in ("json", "npy")]
+    contents = {name: (cache.location / name).read_bytes() for name in first}
+    cache.get(coil[4:])  # two known, four new
+    assert sum(calls) == 10
+    now = shard_files(cache.location)
+    assert {name: now[name] for name in first} == first  # same inode, mtime and size
+    assert all((cache.location / name).read_bytes() == data for name, data in contents.items())
+    assert sorted(set(now) - set(first)) == ["shard_00002.json", "shard_00002.npy"]
+    assert np.load(cache.location / "shard_00001.npy").shape == (2, 4, 4, 320)  # not topped up
+    assert np.load(cache.location / "shard_00002.npy").shape == (4, 4, 4, 320)
+    fresh = LatentCache(tmp_path, extractor)
+    np.testing.assert_allclose(fresh.get(coil), reference, rtol=0, atol=1e-5)
+    assert sum(calls) == 10 and len(fresh) == 10
+
+
+def written_bytes() -> int:
+    """Bytes this process has passed to write() so far (Linux: ``wchar`` of /proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("/proc/self/io has no wchar line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
+def test_bytes_written_are_about_the_store_size(
+    extractor: Extractor, datasets: Path, tmp_path: Path
+) -> None:
+    images = sorted((datasets / "cifar10" / "train" / "cat").glob("*.jpg"))[:32]
+    cache = LatentCache(tmp_path, extractor, batch_size=4, shard_rows=16)
+    before = written_bytes()
+    for start in range(0, 32, 4):  # batch by batch, as the study asks
+        cache.get(images[start : start + 4])
+    written = written_bytes() - before
+    assert cache.extracted == 32
+    size = cache.nbytes
+    assert size == sum(f.stat().st_size for f in cache.location.iterdir())
+    assert 32 * LATENT_BYTES < size <= written <= 1.5 * size
+
+
+def test_a_shard_without_its_record_is_ignored_and_removed(
+    extractor: Extractor,
+    calls: list[int],
+    coil: list[Path],
+    reference: np.ndarray,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = LatentCache(tmp_path, extractor)
+    cache.get(coil[:3])
+    save = latents._save_atomic
+
+    def cut_before_the_record(path: Path, write: object) -> None:
+        if path.suffix == ".json":
+            raise OSError("power cut before the record")
+        save(path, write)
+
+    monkeypatch.setattr(latents, "_save_atomic", cut_before_the_record)
+    with pytest.raises(OSError, match="power cut"):
+        cache.get(coil[3:6])
+    monkeypatch.setattr(latents, "_save_atomic", save)
+    assert sorted(p.name for p in cache.location.glob("shard_00001.*")) == ["shard_00001.npy"]
+    (cache.location / ".shard_00002.npy.99999.tmp").write_bytes(b"half a shard")  # a killed writer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh = LatentCache(tmp_path, extractor)
+    assert sorted(p.name for p in fresh.location.iterdir()) == [
+        ".lock",
+        "shard_00000.json",
+        "shard_00000.npy",
+    ]
+    assert len(fresh) == 3 and sum(calls) == 6
+    z = fresh.get(coil[:6])
+    assert sum(calls) == 9  # the three whose record was lost, again
+    np.testing.assert_allclose(z, reference[:6], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(cache.get(coil[:6]), z)  # the interrupted one reads them too
+    assert sum(calls) == 9
+
+
+def test_store_of_version_1_is_rebuilt_with_a_warning(
+    extractor: Extractor, calls: list[int], coil: list[Path], reference: np.ndarray, tmp_path: Path
+) -> None:
+    key = model_key(extractor)
+    store = tmp_path / key
+    store.mkdir()
+    np.save(store / "shard_00000.npy", np.zeros((2, 4, 4, 320), np.float32))
+    entries = {
+        os.path.realpath(p): [p.stat().st_size, p.stat().st_mtime_ns, 0, row]
+        for row, p in enumerate(coil[:2])
+    }
+    index = {"version": 1, "key": key, "shape": [4, 4, 320], "shards": [2], "entries": entries}
+    (store / "index.json").write_text(json.dumps(index))
+    with pytest.warns(RuntimeWarning, match="latent cache .* is of another version .* version 1"):
+        cache = LatentCache(tmp_path, extractor)
+    assert len(cache) == 0 and [p.name for p in store.iterdir()] == [".lock"]
+    np.testing.assert_allclose(cache.get(coil[:2]), reference[:2], rtol=0, atol=1e-5)
+    assert sum(calls) == 2
+
+
+def test_two_caches_on_one_store_see_each_other(
+    extractor: Extractor, calls: list[int], coil: list[Path], tmp_path: Path
+) -> None:
+    """Two instances stand for two processes sharing the cache folder."""
+    a = LatentCache(tmp_path, extractor, batch_size=4)
+    b = LatentCache(tmp_path, extractor, batch_size=4)
+    a.get(coil[:5])
+    z = b.get(coil[:8])
+    assert sum(calls) == 8 and b.extracted == 3  # b read a's shard
+    np.testing.assert_array_equal(a.get(coil[:8]), z)
+    assert sum(calls) == 8 and len(a) == 8  # and a read b's
+    b.clear()
+    a.get(coil[:2])  # a sees the store was cleared
+    assert sum(calls) == 10 and len(a) == 2
+    np.testing.assert_array_equal(b.get(coil[:2]), z[:2])
+    assert sum(calls) == 10
+
+
+def test_clear_and_clear_cache(
+    manifest: Manifest, extractor: Extractor, calls: list[int], coil: list[Path], tmp_path: Path
+) -> None:
+    fp32 = LatentCache(tmp_path, open_extractor("latent", "onnx", "fp32", manifest=manifest))
+    int8 = LatentCache(tmp_path, extractor)
+    int8.get(coil[:4])
+    fp32.get(coil[:2])
+    (tmp_path / "notes.txt").write_text("not the cache's")
+    sizes = int8.nbytes, fp32.nbytes
+    assert sizes[0] > 4 * LATENT_BYTES and sizes[1] > 2 * LATENT_BYTES
+    assert fp32.location == tmp_path / model_key(fp32.extractor)
+    assert fp32.clear() == sizes[1]
+    assert fp32.nbytes == 0 and len(fp32) == 0 and not fp32.location.exists()
+    assert int8.nbytes == sizes[0] and len(LatentCache(tmp_path, extractor)) == 4
+    fp32.get(coil[:1])
+    assert fp32.extracted == 3
+    total = int8.nbytes + fp32.nbytes
+    assert clear_cache(tmp_path) == total
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert clear_cache(tmp_path) == 0 and clear_cache(tmp_path / "absent") == 0
+    int8.get(coil[:1])
+    assert sum(calls) == 5 and len(int8) == 1

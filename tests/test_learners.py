@@ -53,6 +53,7 @@ PROTOCOL = (
     "load",
     "nbytes",
     "last_update_flops",
+    "predict_flops",
     "batches_seen",
     "extractor_sha256",
 )
@@ -104,6 +105,7 @@ def test_the_protocol_on_two_batches_with_a_new_class(case: tuple[str, str]) -> 
     assert (learner_name(learner), learner_depth(learner)) == (name, depth)
     assert learner.classes_ == [] and learner.batches_seen == 0
     assert learner.extractor_sha256 == SHA
+    assert learner.predict_flops == 0  # nothing to classify yet
     probe = blobs(depth, PROBE, 3)
     with pytest.raises(NotFittedError):
         learner.predict(probe)
@@ -113,6 +115,7 @@ def test_the_protocol_on_two_batches_with_a_new_class(case: tuple[str, str]) -> 
     assert learner.classes_ == ["a", "b", "c"] and learner.batches_seen == 2
     assert isinstance(learner.last_update_flops, int) and learner.last_update_flops >= 0
     assert (learner.last_update_flops > 0) == (name != "knn")  # kNN stores, it does not compute
+    assert isinstance(learner.predict_flops, int) and learner.predict_flops > 0  # kNN's too
     assert learner.nbytes > 0
 
     predicted = learner.predict(probe)
@@ -134,8 +137,10 @@ def test_the_protocol_on_two_batches_with_a_new_class(case: tuple[str, str]) -> 
     with pytest.raises(ValueError, match="accept"):
         learner.calibrate_unknown(probe, accept=0.0)
 
+    three = learner.predict_flops
     learner.forget("b")
     assert learner.classes_ == ["a", "c"]
+    assert 0 < learner.predict_flops < three  # one class fewer to score (kNN: its patterns)
     assert learner.predict_proba(probe).shape == (15, 2)
     assert "b" not in learner.predict(probe)
     with pytest.raises(LabelError, match="unknown label 'b'"):
@@ -156,6 +161,7 @@ def test_a_checkpoint_round_trip_predicts_and_learns_identically(
     loaded = load_learner(path, extractor_sha256=SHA)
     assert type(loaded) is type(learner) and loaded.classes_ == ["b", "c"]
     assert loaded.batches_seen == learner.batches_seen and loaded.extractor_sha256 == SHA
+    assert loaded.predict_flops == learner.predict_flops
     probe = blobs(depth, PROBE, 3)
     assert np.array_equal(loaded.predict_proba(probe), learner.predict_proba(probe))
     assert np.array_equal(loaded.decision_function(probe), learner.decision_function(probe))
@@ -336,6 +342,27 @@ def test_options_are_converted_and_reach_the_learner() -> None:
     assert (slda.shrinkage, slda.streaming_covariance) == (1.0, False)  # type: ignore[attr-defined]
     assert validate("ar1", "latent", {"replay_grid": [0.5, 3]}) == {"replay_grid": (0.5, 3)}
     assert all(spec.describe().startswith(f"{spec.name}: ") for spec in LEARNERS.values())
+
+
+def test_sklearn_heads_prediction_flops_match_a_hand_count_and_knns_grow() -> None:
+    """SGD scores the live classes linearly; kNN compares the frame with every pattern it
+    stores, so its prediction cost grows with the stream while its update costs nothing."""
+    pytest.importorskip("sklearn")
+    d = 1280
+    sgd = fitted("sgd", "pool")
+    assert sgd.predict_flops == 2 * d * 3 + 3  # coefficients of 3 live classes, intercepts
+    knn = make_learner("knn", None, SHA, "pool")
+    costs = []
+    for batch in (FIRST, SECOND, PROBE):
+        knn.partial_fit(blobs("pool", batch, 1), batch)
+        assert knn.last_update_flops == 0
+        costs.append(knn.predict_flops)
+    stored = np.cumsum([len(FIRST), len(SECOND), len(PROBE)])
+    # both sides normalised (3 an element, the stored side each call), dot products, 1 - s
+    assert costs == [int(5 * d * n + 3 * d + 2 * n) for n in stored]
+    knn.forget("a")
+    n = stored[-1] - FIRST.count("a") - PROBE.count("a")
+    assert knn.predict_flops == 5 * d * n + 3 * d + 2 * n
 
 
 def test_the_sklearn_learners_need_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

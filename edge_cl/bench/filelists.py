@@ -6,6 +6,11 @@ Each line is ``relative/path/to/image label``, the path relative to an image roo
 format of the official CORe50 protocols (NI, NC, NIC, NICv2), so the same loader reads the full
 CORe50 dataset and the streams generated in :mod:`edge_cl.bench.scenarios`.
 
+CORe50 ships each protocol as one folder of orderings, ``NIC_v2_391/run0/``, ``run1/``, ...
+(``run9/``), each a scenario folder as above; their test lists hold the same lines.
+:func:`filelist_runs` finds the orderings a folder holds (itself, or its ``run*/`` folders) and
+:func:`load_filelist_runs` loads the first N of them, one :class:`Scenario` each.
+
 :func:`write_filelists` also writes ``scenario.json`` (name, image root, generator metadata) so
 that :func:`load_scenario` can reopen a generated folder without being told its image root.
 """
@@ -30,6 +35,7 @@ TEST_FILE = "test_filelist.txt"
 META_FILE = "scenario.json"
 _BATCH_RE = re.compile(r"train_batch_(\d+)_filelist\.txt")
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]{0,17})")
+_RUN_RE = re.compile(r"run(\d+)")
 
 
 def parse_label(token: str) -> Label:
@@ -231,6 +237,100 @@ def load_filelists(
         test=(test[1], test[2]),
         meta=dict(meta.get("meta") or {}),
     )
+
+
+def _check_ordering(folder: Path) -> None:
+    """``DatasetError`` unless ``folder`` holds train batch filelists and a test list."""
+    if not any(_BATCH_RE.fullmatch(entry.name) for entry in folder.iterdir()):
+        raise DatasetError(
+            f"{folder} holds no train_batch_XX_filelist.txt: not a CORe50-format filelist folder"
+        )
+    if not (folder / TEST_FILE).is_file():
+        raise DatasetError(f"{folder} has no {TEST_FILE}")
+
+
+def filelist_runs(folder: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """The orderings ``folder`` holds, as ``(name, path)`` in order.
+
+    Either ``folder`` is one ordering (it holds ``train_batch_XX_filelist.txt`` files; its name
+    is the folder's), or it holds CORe50's ``run0/``, ``run1/``, ... folders, one ordering each,
+    named ``"run0"``, ... and sorted by number (``run10`` after ``run9``). ``DatasetError`` if it
+    is neither, mixes both, misses a run number, or a run lacks its train batches or test list.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"filelist folder {folder} does not exist")
+    entries = list(folder.iterdir())
+    has_batches = any(_BATCH_RE.fullmatch(entry.name) for entry in entries)
+    numbered: dict[int, Path] = {}
+    for entry in entries:
+        match = _RUN_RE.fullmatch(entry.name)
+        if match is None or not entry.is_dir():
+            continue
+        index = int(match.group(1))
+        if index in numbered:
+            raise DatasetError(
+                f"{folder}: two folders for run {index}: {numbered[index].name} and {entry.name}"
+            )
+        numbered[index] = entry
+    if has_batches and numbered:
+        held = ", ".join(numbered[i].name for i in sorted(numbered))
+        raise DatasetError(
+            f"{folder} mixes both layouts: it holds train_batch_XX_filelist.txt files (one "
+            f"ordering) and run folders ({held}); keep one ordering per folder"
+        )
+    if has_batches:
+        _check_ordering(folder)
+        return [(folder.resolve().name, folder)]
+    if not numbered:
+        subfolders = sorted(entry.name for entry in entries if entry.is_dir())
+        hint = f"; its subfolders: {', '.join(subfolders[:5])}" if subfolders else ""
+        raise DatasetError(
+            f"{folder} holds neither train_batch_XX_filelist.txt files (one ordering) nor "
+            f"run0/, run1/, ... folders of them (one protocol, as CORe50's NIC_v2_391/){hint}"
+        )
+    gaps = [i for i in range(len(numbered)) if i not in numbered][:5]  # not range(max + 1)
+    if gaps:
+        raise DatasetError(
+            f"{folder}: runs {gaps} are missing (incomplete copy?); runs are numbered from run0"
+        )
+    runs = [(f"run{i}", numbered[i]) for i in sorted(numbered)]
+    for _, path in runs:
+        _check_ordering(path)
+    return runs
+
+
+def load_filelist_runs(
+    root: str | os.PathLike[str],
+    filelists_dir: str | os.PathLike[str],
+    runs: int,
+    name: str | None = None,
+    check_files: bool = True,
+) -> list[Scenario]:
+    """The first ``runs`` orderings of ``filelists_dir`` (:func:`filelist_runs`), all loaded.
+
+    Each is read on its own (test list included) by :func:`load_filelists`, so a broken run is
+    reported before any work starts. ``meta["run"]`` names the ordering (``"run0"``, ...). All
+    runs of a run-folder layout share one scenario name, ``name`` or the folder's
+    (``"NIC_v2_391"``), so that the study summarises them as orderings of one scenario; a
+    single-folder layout is named as :func:`load_filelists` names it.
+    """
+    folder = Path(filelists_dir)
+    available = filelist_runs(folder)
+    single = available[0][1] == folder
+    if runs < 1 or runs > len(available):
+        held = ", ".join(run for run, _ in available)
+        one = " (a single ordering; pass the folder of its run0/, run1/, ...)" if single else ""
+        raise DatasetError(
+            f"asked for {runs} runs, {folder} holds {held}{one}; ask for 1 to {len(available)}"
+        )
+    scenario_name = name if single else name or folder.resolve().name
+    scenarios = []
+    for run, path in available[:runs]:
+        scenario = load_filelists(root, path, name=scenario_name, check_files=check_files)
+        scenario.meta["run"] = run
+        scenarios.append(scenario)
+    return scenarios
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:

@@ -4,8 +4,11 @@ Per scenario, two figures in the layout of the AR1* lifecycle figure:
 
 - ``<scenario>_accuracy.png``: test accuracy vs training batch, mean +- standard deviation band
   over runs, one curve per strategy, cumulative drawn dashed;
-- ``<scenario>_cost.png``: compute per update and over the life cycle so far (FLOPs, log scale),
-  and memory held after each batch, per strategy (mean over runs).
+- ``<scenario>_cost.png``: FLOPs per update, FLOPs per prediction (one frame, with the state
+  after each batch) and the life-cycle compute so far (updates plus the study's
+  ``predictions_per_batch`` predictions a batch), on log scales, and the memory held after
+  each batch, per strategy (mean over runs). A log axis cannot show 0: zeros are left off it
+  and the panel's legend names the strategies they were left off for.
 """
 
 from __future__ import annotations
@@ -43,6 +46,37 @@ def _style(name: str) -> dict[str, Any]:
     return {"linestyle": "--", "linewidth": 2.0} if name.startswith("cumulative") else {}
 
 
+def zeros_left_off(name: str, values: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """``values`` with its zeros as NaN (not drawn on a log axis), and the legend note saying
+    so for ``name`` (None if it has no zero).
+
+    >>> drawn, note = zeros_left_off("knn", np.array([0.0, 0.0]))
+    >>> bool(np.isnan(drawn).all()), note
+    (True, 'knn: 0, not drawn')
+    >>> zeros_left_off("ncm", np.array([0.0, 5.0]))[1]
+    'ncm: zeros not drawn'
+    """
+    zero = values <= 0
+    drawn = np.where(zero, np.nan, values)
+    if zero.all():
+        return drawn, f"{name}: 0, not drawn"
+    return drawn, f"{name}: zeros not drawn" if zero.any() else None
+
+
+def _log_panel(ax: Any, x: np.ndarray, series: dict[str, np.ndarray], **labels: str) -> None:
+    """One log-scale panel: a line per strategy, zeros left off and named in its legend."""
+    notes = []
+    for name, values in series.items():
+        drawn, note = zeros_left_off(name, values)
+        (line,) = ax.plot(x, drawn, **_style(name))
+        if note is not None:
+            line.set_label(note)
+            notes.append(line)
+    ax.set(yscale="log", **labels)
+    if notes:
+        ax.legend(handles=notes, fontsize=7)
+
+
 def plot_study(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write the accuracy and cost figures of every scenario in ``result``; return their paths."""
     plt = _pyplot()
@@ -71,21 +105,29 @@ def plot_study(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
 
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        per_batch = result["settings"]["predictions_per_batch"]
+        fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+        update = {n: _series(m, "flops").mean(0) for n, m in by_name.items()}
+        predict = {n: _series(m, "predict_flops").mean(0) for n, m in by_name.items()}
+        life = {n: np.cumsum(update[n] + per_batch * predict[n]) for n in by_name}
+        x = np.arange(1, len(next(iter(update.values()))) + 1)
+        _log_panel(axes[0], x, update, ylabel="FLOPs per update", title="compute per batch")
+        _log_panel(axes[1], x, predict, ylabel="FLOPs per frame", title="compute per prediction")
+        _log_panel(
+            axes[2],
+            x,
+            life,
+            ylabel="FLOPs so far",
+            title=f"life cycle, {per_batch} predictions per batch",
+        )
         for name, mine in by_name.items():
-            flops = _series(mine, "flops").mean(0)
             memory = _series(mine, "memory_bytes").mean(0) / 2**20
-            x = np.arange(1, len(flops) + 1)
-            axes[0].plot(x, np.maximum(flops, 1.0), label=name, **_style(name))
-            axes[1].plot(x, np.maximum(np.cumsum(flops), 1.0), label=name, **_style(name))
-            axes[2].plot(x, memory, label=name, **_style(name))
-        axes[0].set(yscale="log", ylabel="FLOPs per update", title="compute per batch")
-        axes[1].set(yscale="log", ylabel="FLOPs so far", title="compute over the life cycle")
-        axes[2].set(ylabel="MB held", title="memory after each batch")
+            axes[3].plot(x, memory, label=name, **_style(name))
+        axes[3].set(ylabel="MB held", title="memory after each batch")
         for ax in axes:
             ax.set_xlabel("training batch")
             ax.grid(alpha=0.3)
-        axes[2].legend(fontsize=7)
+        axes[3].legend(fontsize=7)
         fig.suptitle(scenario)
         fig.tight_layout()
         written.append(out / f"{scenario}_cost.png")

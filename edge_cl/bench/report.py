@@ -7,7 +7,7 @@ It reads the JSON-ready results of :func:`edge_cl.bench.study.bench` and compute
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,13 @@ LDA_REFERENCE = "slda"
 """The streaming LDA the default learner must not fall behind (the paired differences of the
 study tables)."""
 
+PREDICTIONS_PER_BATCH = 300
+"""Frames the device is taken to classify per learned batch, in the life-cycle compute: a
+CORe50 batch is one session of an object, a 15 s video at 20 fps, 300 frames (NICv2's batches
+hold 300 images each), and a device classifies every frame it is shown, so a batch learned from
+a session comes with at least that session's 300 predictions. 0 counts the updates alone (the
+life-cycle figures from before prediction was counted)."""
+
 
 def _sem(values: Sequence[float] | np.ndarray) -> float:
     """Standard error of a mean (sample standard deviation / sqrt(n)); 0 for one value."""
@@ -38,18 +45,46 @@ def _saving(mine: np.ndarray, ref: np.ndarray) -> float:
     return float(1.0 - mine.sum() / ref.sum()) if ref.sum() > 0 else float("nan")
 
 
+def life_flops(run: dict[str, Any], predictions_per_batch: int) -> np.ndarray:
+    """A run's compute per batch over its life cycle: the update's FLOPs plus
+    ``predictions_per_batch`` predictions at the per-frame cost after it.
+
+    >>> life_flops({"flops": [100, 0], "predict_flops": [2, 3]}, 10).tolist()
+    [120.0, 30.0]
+    """
+    update = np.array(run["flops"], np.float64)
+    return update + predictions_per_batch * np.array(run["predict_flops"], np.float64)
+
+
+def _mean_seen(run: dict[str, Any]) -> float:
+    """Mean over evaluation points of the accuracy on the seen classes' test images (points
+    where no test image is of a seen class are left out; NaN if that is all of them)."""
+    values = [v for v in run["accuracy_seen"].values() if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def summarise(
-    runs: list[dict[str, Any]], image_bytes: int = 128 * 128 * 3
+    runs: list[dict[str, Any]],
+    image_bytes: int = 128 * 128 * 3,
+    predictions_per_batch: int = PREDICTIONS_PER_BATCH,
 ) -> dict[str, dict[str, float]]:
     """Mean and standard deviation over runs of accuracy, compute and memory per strategy.
 
-    Savings are against the cumulative strategy of the same features (``reference_for``) on
-    the same ordering, when it ran: over the life cycle ``1 - sum(mine) / sum(cumulative)`` over
-    all batches (for memory: of the bytes held after each batch), and at the last batch
-    ``1 - mine[-1] / cumulative[-1]``. ``raw_images_mb`` is what keeping every image seen
-    would cost at the extractor's input size (``image_bytes`` each), the alternative to keeping
-    latents. ``*_sem`` are standard errors of the means; ``lda_gap_*`` is the paired difference
-    to streaming LDA (``LDA_REFERENCE``) on the same orderings, when it ran.
+    Compute: ``update_gflop_per_batch_mean`` is the mean update cost of a batch,
+    ``predict_mflop_last_mean`` the cost of classifying one frame after the last batch;
+    ``life_gflop_mean`` sums, over all batches, the update plus ``predictions_per_batch``
+    predictions (:func:`life_flops`), ``update_gflop_total_mean`` the updates alone. Savings are
+    against the cumulative strategy of the same features (``reference_for``) on the same
+    ordering, when it ran: over the life cycle ``1 - sum(mine) / sum(cumulative)`` over all
+    batches, and at the last batch ``1 - mine[-1] / cumulative[-1]``; ``compute_saving_*`` of
+    the life-cycle compute, ``update_compute_saving_*`` of the updates alone, ``memory_saving_*``
+    of the bytes held after each batch. ``average_accuracy_mean`` is the mean over evaluation
+    points of accuracy on the whole test set (classes not yet seen included),
+    ``average_accuracy_seen_mean`` of accuracy on the test images of the classes seen so far.
+    ``raw_images_mb`` is what keeping every image seen would cost at the extractor's input size
+    (``image_bytes`` each), the alternative to keeping latents. ``*_sem`` are standard errors
+    of the means; ``lda_gap_*`` is the paired difference to streaming LDA (``LDA_REFERENCE``)
+    on the same orderings, when it ran.
     """
     by_key = {(r["strategy"], r["seed"]): r for r in runs}
     out: dict[str, dict[str, float]] = {}
@@ -63,7 +98,16 @@ def summarise(
             "final_accuracy_std": float(final.std()),
             "final_accuracy_sem": _sem(final),
             "average_accuracy_mean": float(average.mean()),
-            "total_gflop_mean": float(np.mean([sum(r["flops"]) for r in mine]) / 1e9),
+            "average_accuracy_seen_mean": float(np.mean([_mean_seen(r) for r in mine])),
+            "predictions_per_batch": predictions_per_batch,
+            "update_gflop_per_batch_mean": float(np.mean([np.mean(r["flops"]) for r in mine]))
+            / 1e9,
+            "update_gflop_total_mean": float(np.mean([sum(r["flops"]) for r in mine])) / 1e9,
+            "predict_mflop_last_mean": float(np.mean([r["predict_flops"][-1] for r in mine])) / 1e6,
+            "life_gflop_mean": float(
+                np.mean([life_flops(r, predictions_per_batch).sum() for r in mine])
+            )
+            / 1e9,
             "update_seconds_mean": float(np.mean([np.mean(r["seconds"]) for r in mine])),
             "final_memory_mb_mean": float(np.mean([r["memory_bytes"][-1] for r in mine]) / 2**20),
             "raw_images_mb": float(np.mean([r["images_seen"][-1] for r in mine]))
@@ -80,10 +124,14 @@ def summarise(
             s["gap_mean"] = float(np.mean(gaps))
             s["gap_std"] = float(np.std(gaps))
             s["gap_sem"] = _sem(gaps)
-            for what, key in (("compute", "flops"), ("memory", "memory_bytes")):
-                life = [_saving(np.array(r[key], float), np.array(f[key], float)) for r, f in pairs]
-                last = [_saving(np.array(r[key][-1:], float), np.array(f[key][-1:], float))
-                        for r, f in pairs]  # fmt: skip
+            series: dict[str, Callable[[dict[str, Any]], np.ndarray]] = {
+                "compute": lambda r: life_flops(r, predictions_per_batch),
+                "update_compute": lambda r: np.array(r["flops"], np.float64),
+                "memory": lambda r: np.array(r["memory_bytes"], np.float64),
+            }
+            for what, of in series.items():
+                life = [_saving(of(r), of(f)) for r, f in pairs]
+                last = [_saving(of(r)[-1:], of(f)[-1:]) for r, f in pairs]
                 s[f"{what}_saving_life"] = float(np.mean(life))
                 s[f"{what}_saving_last"] = float(np.mean(last))
         lda = [
@@ -103,13 +151,31 @@ def _pct(value: float | None, signed: bool = False) -> str:
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
 
 
+def si(value: float) -> str:
+    """A count with an SI prefix, three significant digits: FLOPs from a kNN's none to a
+    retrain's trillions in one column.
+
+    >>> si(0), si(76_800), si(13_200_000), si(999_999), si(7.93e9), si(2.5e12)
+    ('0', '76.8k', '13.2M', '1M', '7.93G', '2.5T')
+    """
+    value = float(f"{value:.3g}")  # rounded first, so 999,999 reads 1M, not 1e+03k
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{prefix}"
+    return f"{value:.3g}"
+
+
 def markdown_table(summary: dict[str, dict[str, float]]) -> str:
-    """The summary as a Markdown table: accuracy, gap and savings vs same-depth cumulative."""
+    """The summary as a Markdown table: accuracy, gap and savings vs same-depth cumulative,
+    compute per update, per prediction and over the life cycle, memory."""
+    per_batch = next(iter(summary.values()), {}).get("predictions_per_batch", 0)
     rows = [
         "| strategy | runs | final accuracy (s.e.) | gap to cumulative (s.e.) | vs streaming LDA "
-        "(s.e.) | average accuracy | compute saving: life / last | memory saving: life / last "
-        "| total GFLOP | s per update | memory at end (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "(s.e.) | average accuracy: all / seen classes | FLOPs per update | FLOPs per "
+        f"prediction, at end | life-cycle FLOPs ({per_batch:.0f} predictions per batch) | "
+        "compute saving: life / last | memory saving: life / last | s per update | "
+        "memory at end (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
         gap = lda = ""
@@ -126,8 +192,10 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
         rows.append(
             f"| {name} | {s['runs']:.0f} | {_pct(s['final_accuracy_mean'])} "
             f"({_pct(s['final_accuracy_sem'])}) | {gap} | {lda} | "
-            f"{_pct(s['average_accuracy_mean'])} | "
-            f"{saving['compute']} | {saving['memory']} | {s['total_gflop_mean']:.0f} | "
+            f"{_pct(s['average_accuracy_mean'])} / {_pct(s['average_accuracy_seen_mean'])} | "
+            f"{si(1e9 * s['update_gflop_per_batch_mean'])} | "
+            f"{si(1e6 * s['predict_mflop_last_mean'])} | {si(1e9 * s['life_gflop_mean'])} | "
+            f"{saving['compute']} | {saving['memory']} | "
             f"{s['update_seconds_mean']:.3f} | {s['final_memory_mb_mean']:.1f} |"
         )
     return "\n".join(rows)
@@ -135,13 +203,15 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
 
 def suite_table(result: dict[str, Any], learner: str = "ar1-latent") -> str:
     """One row per scenario for ``learner``: its final accuracy against cumulative retraining
-    at the same depth and streaming LDA (paired differences, standard errors), its compute
-    saving, update time and memory. Empty if it did not run.
+    at the same depth and streaming LDA (paired differences, standard errors), its life-cycle
+    compute saving, prediction cost per frame at the end, update time and memory. Empty if it
+    did not run.
     """
     rows = [
         f"| scenario | {learner} (s.e.) | cumulative | gap (s.e.) | {LDA_REFERENCE} | "
-        "vs it (s.e.) | compute saving, life | s per update | memory at end (MB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "vs it (s.e.) | compute saving, life | FLOPs per prediction | s per update | "
+        "memory at end (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario, summary in result["summary"].items():
         s = summary.get(learner)
@@ -156,9 +226,40 @@ def suite_table(result: dict[str, Any], learner: str = "ar1-latent") -> str:
         rows.append(
             f"| {scenario} | {_pct(s['final_accuracy_mean'])} ({_pct(s['final_accuracy_sem'])}) "
             f"| {_pct(ref)} | {gap} | {_pct(lda)} | {vs} | {_pct(s.get('compute_saving_life'))} "
+            f"| {si(1e6 * s['predict_mflop_last_mean'])} "
             f"| {s['update_seconds_mean']:.3f} | {s['final_memory_mb_mean']:.1f} |"
         )
     return "\n".join(rows) if len(rows) > 2 else ""
+
+
+def definitions(predictions_per_batch: int) -> list[str]:
+    """The report's paragraph saying what each figure of its tables is."""
+    p = predictions_per_batch
+    return [
+        "Accuracy is the mean over runs with its standard error. Gap and savings are against "
+        "the cumulative strategy of the same features on the same ordering, 'vs streaming LDA' "
+        f"against `{LDA_REFERENCE}` on the same ordering (paired differences). Average "
+        "accuracy ('all') is the mean over the evaluation points of top-1 accuracy on the whole "
+        "test set, the classes not seen yet included, so on a stream where classes arrive over "
+        "time the early points are capped at the share of test images whose class has been "
+        "seen; 'seen classes' is the same mean of the accuracy on the test images of the "
+        "classes seen so far only.",
+        "",
+        "Compute is counted analytically. FLOPs per update: the mean over batches of what "
+        "learning a batch costs (cumulative: a retrain on everything kept so far). FLOPs per "
+        "prediction: what classifying one frame alone costs with the state after the last "
+        "batch, from the latent (computing the strategy's features from it included: the "
+        "pretrained layers up to the pool for pooled features, the summary for latent "
+        "summaries); a kNN's grows with what it stores. Life-cycle FLOPs: the sum over batches "
+        f"of the update plus {p} predictions at the per-frame cost after it "
+        f"(`predictions_per_batch` {p}; a CORe50 batch is one 300-frame session, which a "
+        "device classifies as it watches). Compute saving over the life cycle is "
+        "`1 - life-cycle FLOPs / cumulative's`, at the last batch the same for that batch "
+        "alone; memory saving the same with the bytes held after each batch. Memory is the "
+        "state a learner keeps to go on learning and predicting (weights, statistics, stored "
+        "and replayed patterns), without the arrays it caches from that state to score "
+        "faster.",
+    ]
 
 
 def markdown_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
@@ -174,13 +275,7 @@ def markdown_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
         + ", ".join(f"{k} {v}" for k, v in result["settings"].items() if k != "strategies")
         + ".",
         "",
-        "Accuracy is the mean over runs with its standard error. Gap and savings are against "
-        "the cumulative strategy of the same features on the same ordering, 'vs streaming LDA' "
-        f"against `{LDA_REFERENCE}` on the same ordering (paired differences). Compute saving "
-        "over the life cycle is "
-        "`1 - sum(FLOPs) / sum(cumulative FLOPs)` over all batches, at the last batch "
-        "`1 - FLOPs / cumulative FLOPs` of that batch; memory the same with the bytes held "
-        "after each batch. Average accuracy is the mean over the evaluation points.",
+        *definitions(result["settings"].get("predictions_per_batch", PREDICTIONS_PER_BATCH)),
         "",
     ]
     table = suite_table(result)
@@ -198,6 +293,8 @@ def markdown_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
                 f"{next(iter(summary.values()))['raw_images_mb']:.0f} MB at the input size.",
                 "",
             ]
+            if "orderings" in sc:
+                lines += [f"Orderings: {', '.join(sc['orderings'])}.", ""]
         lines += [markdown_table(summary), ""]
         lines += [f"![{p}]({p})" for p in plots if Path(p).stem.rsplit("_", 1)[0] == name]
         lines += [""]

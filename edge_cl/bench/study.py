@@ -1,10 +1,13 @@
 """Run continual-learning strategies over a scenario's stream and record what each one costs.
 
-For every strategy and ordering: per batch the update's wall time and FLOPs (counted
-analytically by the learner), the memory it holds, and test accuracy at the evaluation points.
-Latents come from :class:`~edge_cl.bench.latents.LatentCache`; pooled features are computed
-from them with the frozen pretrained head (``PretrainedHead.pool``), exactly what the ``pool``
-extractor cut computes.
+For every strategy and ordering: per batch the update's wall time and FLOPs, the FLOPs to
+classify one frame with the state after it (both counted analytically by the learner: its
+``last_update_flops`` and ``predict_flops``, plus what computing its features from the latent
+costs), the memory it holds, and test accuracy at the evaluation points, on the whole test set
+and on the test images of the classes seen so far. Latents come from
+:class:`~edge_cl.bench.latents.LatentCache`; pooled features are computed from them with the
+frozen pretrained head (``PretrainedHead.pool``), exactly what the ``pool`` extractor cut
+computes.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import numpy as np
 
 from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
-from edge_cl.bench.report import summarise
+from edge_cl.bench.report import PREDICTIONS_PER_BATCH, summarise
+from edge_cl.errors import ConfigError, StrategyError
 from edge_cl.extractor.imagenet import PretrainedHead
-from edge_cl.learner.ar1 import AR1Star, CWRStar, NaiveFineTune, latent_summary
+from edge_cl.learner.ar1 import AR1Star, CWRStar, NaiveFineTune, latent_summary, summary_flops
 from edge_cl.learner.baselines import NearestClassMean, StreamingLDA
 from edge_cl.learner.config import BASELINE_SETTINGS, LATENT_CHANNELS, POOL_CHANNELS, AR1Config
 from edge_cl.learner.cumulative import Cumulative
 from edge_cl.learner.labels import Label
+from edge_cl.learner.network import latent_layers_flops
 from edge_cl.learner.replay import LABEL_DTYPE, Codec, Grid
 from edge_cl.learner.sklearn_heads import KNNHead, SGDHead
 from edge_cl.sysinfo import cpu_model
@@ -54,7 +59,8 @@ def float32_per_uint8(shape: tuple[int, ...]) -> float:
 
 
 class Learner(Protocol):
-    """What the study needs of a learner."""
+    """What the study needs of a learner (the costs as :class:`edge_cl.learner.protocol.Learner`
+    defines them)."""
 
     def partial_fit(self, latents: np.ndarray, labels: Sequence[object]) -> Any: ...
 
@@ -62,6 +68,12 @@ class Learner(Protocol):
 
     @property
     def nbytes(self) -> int: ...
+
+    @property
+    def last_update_flops(self) -> int: ...
+
+    @property
+    def predict_flops(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,7 @@ class Strategy:
     name: str
     features: str
     make: Callable[[dict[str, np.ndarray], int], Learner]
+    help: str = ""
 
 
 REFERENCE_RECIPE: dict[str, Any] = {
@@ -131,13 +144,48 @@ def strategies(
 
     plain = {"gaussian_head": False, "balanced_loss": False, "new_per_update": None}
     table = [
-        Strategy("ar1-latent", "latent", ar1("latent")),
-        Strategy("ar1-latent-plain", "latent", ar1("latent", **plain)),
-        Strategy("ar1-latent-grid", "latent", ar1("latent", replay_grid=grid)),
-        Strategy("ar1-latent-reference", "latent", ar1("latent", **REFERENCE_RECIPE)),
-        Strategy("ar1-latent-allpositions", "latent", ar1("latent", **ALL_POSITIONS_RECIPE)),
-        Strategy("ar1-latent-float32", "latent", ar1("latent", replay_codec="float32")),
-        Strategy("ar1-latent-uint4", "latent", ar1("latent", replay_codec="uint4")),
+        Strategy(
+            "ar1-latent",
+            "latent",
+            ar1("latent"),
+            help="the default learner: AR1* (CWR*, latent replay, latent layers), Gaussian head",
+        ),
+        Strategy(
+            "ar1-latent-plain",
+            "latent",
+            ar1("latent", **plain),
+            help="ar1-latent without the Gaussian head, balanced loss or update budget",
+        ),
+        Strategy(
+            "ar1-latent-grid",
+            "latent",
+            ar1("latent", replay_grid=grid),
+            help="ar1-latent, replay stored as the int8 model's own output codes",
+        ),
+        Strategy(
+            "ar1-latent-reference",
+            "latent",
+            ar1("latent", **REFERENCE_RECIPE),
+            help="AR1* as the reference trains it (all positions and epochs, minibatch 128)",
+        ),
+        Strategy(
+            "ar1-latent-allpositions",
+            "latent",
+            ar1("latent", **ALL_POSITIONS_RECIPE),
+            help="the defaults before latent_positions: every position trained and stored",
+        ),
+        Strategy(
+            "ar1-latent-float32",
+            "latent",
+            ar1("latent", replay_codec="float32"),
+            help="ar1-latent, replay stored as float32 (fewer patterns in the same bytes)",
+        ),
+        Strategy(
+            "ar1-latent-uint4",
+            "latent",
+            ar1("latent", replay_codec="uint4"),
+            help="ar1-latent, replay stored in 4 bits",
+        ),
         Strategy(
             "ar1-latent-float32-samecount",
             "latent",
@@ -146,11 +194,32 @@ def strategies(
                 replay_codec="float32",
                 replay_mb=replay_mb * float32_per_uint8(STUDY_STORED_LATENT),
             ),
+            help="ar1-latent, float32 replay holding as many patterns as uint8",
         ),
-        Strategy("ar1-latent-fullreplay", "latent", ar1("latent", replay_per_epoch=None)),
-        Strategy("ar1-pool", "pool", ar1("pool", replay_per_epoch=None, **plain)),
-        Strategy("ar1-pool-sampled", "pool", ar1("pool", **plain)),
-        Strategy("ar1-pool-float32", "pool", ar1("pool", replay_codec="float32", **plain)),
+        Strategy(
+            "ar1-latent-fullreplay",
+            "latent",
+            ar1("latent", replay_per_epoch=None),
+            help="ar1-latent replaying the whole memory every epoch",
+        ),
+        Strategy(
+            "ar1-pool",
+            "pool",
+            ar1("pool", replay_per_epoch=None, **plain),
+            help="CWR* + replay on pooled features (output layer only), full replay",
+        ),
+        Strategy(
+            "ar1-pool-sampled",
+            "pool",
+            ar1("pool", **plain),
+            help="ar1-pool replaying a sample of the memory",
+        ),
+        Strategy(
+            "ar1-pool-float32",
+            "pool",
+            ar1("pool", replay_codec="float32", **plain),
+            help="ar1-pool, replay stored as float32",
+        ),
         Strategy(
             "ar1-pool-float32-samecount",
             "pool",
@@ -160,16 +229,59 @@ def strategies(
                 replay_mb=replay_mb * float32_per_uint8((POOL_CHANNELS,)),
                 **plain,
             ),
+            help="ar1-pool, float32 replay holding as many patterns as uint8",
         ),
-        Strategy("cwr", "pool", cls(CWRStar, "pool")),
-        Strategy("naive", "latent", cls(NaiveFineTune, "latent")),
-        Strategy("cumulative-latent", "latent", cls(Cumulative, "latent")),
-        Strategy("cumulative-pool", "pool", cls(Cumulative, "pool")),
-        Strategy("ncm", "pool", lambda head, seed: NearestClassMean()),
-        Strategy("slda", "pool", lambda head, seed: StreamingLDA()),
-        Strategy("slda-latent", "latent-summary", lambda head, seed: StreamingLDA(shrinkage="oas")),
-        Strategy("sgd", "pool", lambda head, seed: SGDHead(seed=seed)),
-        Strategy("knn", "pool", lambda head, seed: KNNHead()),
+        Strategy(
+            "cwr", "pool", cls(CWRStar, "pool"), help="CWR*: the output layer alone, no replay"
+        ),
+        Strategy(
+            "naive",
+            "latent",
+            cls(NaiveFineTune, "latent"),
+            help="naive fine-tuning, no CWR*, no replay (forgets)",
+        ),
+        Strategy(
+            "cumulative-latent",
+            "latent",
+            cls(Cumulative, "latent"),
+            help="retrains the latent layers and output on everything seen (the reference)",
+        ),
+        Strategy(
+            "cumulative-pool",
+            "pool",
+            cls(Cumulative, "pool"),
+            help="retrains the output layer on every pooled feature seen",
+        ),
+        Strategy(
+            "ncm",
+            "pool",
+            lambda head, seed: NearestClassMean(),
+            help="nearest class mean on pooled features",
+        ),
+        Strategy(
+            "slda",
+            "pool",
+            lambda head, seed: StreamingLDA(),
+            help="streaming LDA on pooled features",
+        ),
+        Strategy(
+            "slda-latent",
+            "latent-summary",
+            lambda head, seed: StreamingLDA(shrinkage="oas"),
+            help="streaming LDA (OAS) on each latent channel's mean and std",
+        ),
+        Strategy(
+            "sgd",
+            "pool",
+            lambda head, seed: SGDHead(seed=seed),
+            help="scikit-learn SGD linear head on pooled features",
+        ),
+        Strategy(
+            "knn",
+            "pool",
+            lambda head, seed: KNNHead(),
+            help="k nearest neighbours on every pooled feature seen",
+        ),
     ]
     return {s.name: s for s in table}
 
@@ -205,12 +317,36 @@ def pooled(stream: Stream, head: PretrainedHead, chunk: int = 1024) -> Stream:
     return Stream([(pool(x), y) for x, y in stream.batches], pool(stream.test_x), stream.test_y)
 
 
-def accuracy(learner: Learner, x: np.ndarray, y: Sequence[Label], chunk: int = 1024) -> float:
-    """Top-1 accuracy of a learner's predictions."""
+def feature_flops(features: str, latent_shape: tuple[int, ...]) -> int:
+    """FLOPs per frame to compute a strategy's ``features`` from a latent of ``latent_shape``
+    (h, w, 320), outside the learner: the pretrained layers up to the pool for ``pool``
+    (:func:`~edge_cl.learner.network.latent_layers_flops`), the summary for ``latent-summary``
+    (:func:`~edge_cl.learner.ar1.summary_flops`), nothing for ``latent``. The study adds it to
+    the learner's ``predict_flops``, so that every strategy's prediction cost starts from the
+    same latent.
+
+    >>> feature_flops("latent", (4, 4, 320)), feature_flops("latent-summary", (4, 4, 320))
+    (0, 20480)
+    """
+    positions = latent_shape[0] * latent_shape[1]
+    if features == "pool":
+        return latent_layers_flops(positions)
+    if features == "latent-summary":
+        return summary_flops(positions, AR1Config.gaussian_features)
+    return 0
+
+
+def predictions(learner: Learner, x: np.ndarray, chunk: int = 1024) -> list[Label]:
+    """A learner's predicted labels for ``x``, in chunks of ``chunk`` patterns."""
     predicted: list[Label] = []
     for i in range(0, len(x), chunk):
         predicted += learner.predict(x[i : i + chunk])
-    return float(np.mean([p == t for p, t in zip(predicted, y, strict=True)]))
+    return predicted
+
+
+def accuracy(learner: Learner, x: np.ndarray, y: Sequence[Label], chunk: int = 1024) -> float:
+    """Top-1 accuracy of a learner's predictions."""
+    return float(np.mean([p == t for p, t in zip(predictions(learner, x, chunk), y, strict=True)]))
 
 
 def run(
@@ -220,15 +356,26 @@ def run(
     seed: int,
     eval_at: set[int],
     on_batch: Callable[[], None] | None = None,
+    feature_cost: int = 0,
 ) -> dict[str, Any]:
     """Train one strategy over one stream; per-batch series of time, FLOPs, memory, accuracy.
 
-    Cumulative retrains only at evaluation points (its accuracy is only needed there); its FLOPs
-    at every batch are what a retrain there would cost, counted the same way as when it runs.
+    ``flops`` are each batch's update FLOPs; ``predict_flops`` the FLOPs to classify one frame
+    with the state after the batch, the learner's ``predict_flops`` plus ``feature_cost``
+    (:func:`feature_flops` of the strategy's features: what reaching them from the latent
+    costs). ``accuracy`` is top-1 on the whole test set at each evaluation point;
+    ``accuracy_seen`` on the test images of the classes learned so far (None when none are
+    in the test set). Cumulative retrains only at evaluation points (its accuracy is only
+    needed there); its FLOPs at every batch are what a retrain there would cost, counted the
+    same way as when it runs, and its retrains do not depend on where the others fell
+    (:meth:`~edge_cl.learner.cumulative.Cumulative.retrain`).
     """
     learner = strategy.make(head, seed)
-    seconds, flops, memory, acc = [], [], [], {}
+    seconds, flops, predict, memory = [], [], [], []
+    acc: dict[int, float] = {}
+    acc_seen: dict[int, float | None] = {}
     seen: list[int] = []
+    classes: set[Label] = set()
     last = len(stream.batches) - 1
     for i, (x, y) in enumerate(stream.batches):
         start = time.perf_counter()
@@ -239,13 +386,19 @@ def run(
             cost = learner.retrain_flops()
         else:
             learner.partial_fit(x, y)
-            cost = getattr(learner, "last_update_flops", 0)
+            cost = learner.last_update_flops
         seconds.append(time.perf_counter() - start)
         flops.append(int(cost))
+        predict.append(int(learner.predict_flops) + feature_cost)
         memory.append(int(learner.nbytes))
         seen.append(len(y) + (seen[-1] if seen else 0))
+        classes.update(y)
         if i in eval_at or i == last:
-            acc[i] = accuracy(learner, stream.test_x, stream.test_y)
+            predicted = predictions(learner, stream.test_x)
+            hits = [p == t for p, t in zip(predicted, stream.test_y, strict=True)]
+            acc[i] = float(np.mean(hits))
+            known = [h for h, t in zip(hits, stream.test_y, strict=True) if t in classes]
+            acc_seen[i] = float(np.mean(known)) if known else None
         if on_batch is not None:
             on_batch()
     return {
@@ -253,21 +406,30 @@ def run(
         "features": strategy.features,
         "seed": seed,
         "accuracy": acc,
+        "accuracy_seen": acc_seen,
         "final_accuracy": acc[last],
         "seconds": seconds,
         "flops": flops,
+        "predict_flops": predict,
+        "feature_flops": feature_cost,
         "memory_bytes": memory,
         "images_seen": seen,
     }
 
 
 def load_stream(scenario: Scenario, cache: LatentCache) -> Stream:
-    """Latents of every batch and of the test set (extracted once, then read from the cache)."""
+    """Latents of every batch and of the test set (extracted once, then read from the cache).
+
+    One lookup for the whole stream, so a first extraction writes full cache shards rather than
+    one small shard per batch."""
+    files = [scenario.train_files(i) for i in range(len(scenario.train_batches))]
+    everything = cache.get([f for batch in files for f in batch] + list(scenario.test_files()))
+    ends = np.cumsum([len(batch) for batch in files])
     batches = [
-        (cache.get(scenario.train_files(i)), list(scenario.train_batches[i][1]))
-        for i in range(len(scenario.train_batches))
+        (everything[end - len(batch) : end], list(labels))
+        for batch, end, (_, labels) in zip(files, ends, scenario.train_batches, strict=True)
     ]
-    return Stream(batches, cache.get(scenario.test_files()), list(scenario.test[1]))
+    return Stream(batches, everything[ends[-1] if len(ends) else 0 :], list(scenario.test[1]))
 
 
 def evaluation_points(batches: int, count: int) -> set[int]:
@@ -338,6 +500,17 @@ class Progress:
         self.stream.flush()
 
 
+def ordering_name(scenario: Scenario, seed: int) -> str:
+    """Which ordering of its stream ``scenario`` is: its filelists' run (``meta["run"]``, as
+    ``run0`` of CORe50's ``NIC_v2_391/run0/``), else the seed a generated stream was drawn with.
+
+    >>> from pathlib import Path
+    >>> ordering_name(Scenario("x", Path("."), [(["a.png"], [0])], ([], []), {"run": "run1"}), 1)
+    'run1'
+    """
+    return str(scenario.meta.get("run", f"seed {seed}"))
+
+
 def bench(
     scenarios: Sequence[Callable[[int], Scenario]],
     names: Sequence[str],
@@ -349,19 +522,27 @@ def bench(
     epochs: int,
     progress_stream: TextIO = sys.stderr,
     on_ordering: Callable[[dict[str, Any]], object] | None = None,
+    predictions_per_batch: int = PREDICTIONS_PER_BATCH,
 ) -> dict[str, Any]:
     """Run strategies ``names`` on ``runs`` orderings of each scenario; JSON-ready results.
 
     ``scenarios`` are builders taking the ordering seed. Each strategy is measured against the
     cumulative strategy of its own features (run it too to get gaps and savings).
     ``on_ordering`` gets the results so far after every ordering, so a long study can be saved
-    as it goes and stopped at any time.
+    as it goes and stopped at any time. ``predictions_per_batch``: the frames the device is
+    taken to classify per learned batch, which the life-cycle compute and its savings count
+    beside the updates (:data:`~edge_cl.bench.report.PREDICTIONS_PER_BATCH` says why 300).
     """
+    if isinstance(predictions_per_batch, bool) or predictions_per_batch < 0:
+        raise ConfigError(
+            f"predictions per batch (--predictions-per-batch) must be an int >= 0, got "
+            f"{predictions_per_batch!r}: 0 counts updates alone"
+        )
     grid = cache.extractor.artifact.output_grid
     table = strategies(replay_mb, epochs, grid)
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown strategies {unknown}; choose from {sorted(table)}")
+        raise StrategyError(f"unknown strategies {unknown}; choose from {', '.join(table)}")
     pretrained = PretrainedHead.from_arrays(head)
     results: list[dict[str, Any]] = []
     records: dict[str, dict[str, Any]] = {}
@@ -374,11 +555,13 @@ def bench(
         "replay_grid": grid,
         "epochs": epochs,
         "eval_points": eval_points,
+        "predictions_per_batch": predictions_per_batch,
     }
     for build in scenarios:
         for seed in range(runs):
             scenario = build(seed)
-            records.setdefault(scenario.name, scenario_record(scenario))
+            record = records.setdefault(scenario.name, scenario_record(scenario))
+            record.setdefault("orderings", []).append(ordering_name(scenario, seed))
             latents = load_stream(scenario, cache)
             image_bytes = cache.extractor.resolution**2 * 3
             views = {
@@ -395,7 +578,8 @@ def bench(
                 progress.label = f"{scenario.name} run {seed} {name}"
                 start = time.perf_counter()
                 stream = views[s.features]
-                r = run(s, stream, head, seed, points, progress.step)
+                cost = feature_flops(s.features, latents.test_x.shape[1:])
+                r = run(s, stream, head, seed, points, progress.step, cost)
                 r["scenario"] = scenario.name
                 results.append(r)
                 progress.line(
@@ -414,8 +598,10 @@ def _results(
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     by_scenario = {}
+    per_batch = int(settings["predictions_per_batch"])
     for sc in dict.fromkeys(r["scenario"] for r in runs):
-        by_scenario[sc] = summarise([r for r in runs if r["scenario"] == sc], image_bytes)
+        mine = [r for r in runs if r["scenario"] == sc]
+        by_scenario[sc] = summarise(mine, image_bytes, per_batch)
     return {
         "scenarios": records,
         "environment": environment(),

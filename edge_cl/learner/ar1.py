@@ -59,6 +59,18 @@ def latent_summary(latents: np.ndarray, features: str = "mean_std") -> np.ndarra
     return np.concatenate([mean, latents.std(axis=(1, 2))], axis=1)
 
 
+def summary_flops(positions: int, features: str = "mean_std") -> int:
+    """FLOPs of :func:`latent_summary` on one latent of ``positions`` positions: an addition
+    an element for the mean (as the pool counts it), three more (subtract the mean, square,
+    add) for the standard deviation.
+
+    >>> summary_flops(16, "mean"), summary_flops(16)
+    (5120, 20480)
+    """
+    per_element = 1 if features == "mean" else 4
+    return positions * LATENT_CHANNELS * per_element
+
+
 class AR1Star(LatentNetwork):
     """AR1* continual learner: ``partial_fit`` one small batch at a time, ``predict`` any time.
 
@@ -116,6 +128,7 @@ class AR1Star(LatentNetwork):
         probe = LabelMap.from_state_dict(self.labels.state_dict())
         probe.fit(labels)  # validates every label before anything changes
         y = self.labels.fit(labels)
+        self.pattern_shape = tuple(x.shape[1:])
         self._grow(self.labels.size)
         train_x, train_y = x, y
         cap = self.config.new_per_update
@@ -244,6 +257,27 @@ class AR1Star(LatentNetwork):
         if self.gaussians is not None:
             logits += self.gaussians.scores(self._summary(x), live)
         return logits
+
+    @property
+    def predict_flops(self) -> int:
+        """The network's prediction FLOPs (``LatentNetwork.predict_flops``) plus, with the
+        Gaussian head on, its scores: the latent's summary (:func:`summary_flops`; at depth
+        ``pool`` it scores the pooled features as they are), the product with its cached
+        weights (``ClassGaussians.score_flops``) and the sum with the CWR* logits.
+
+        >>> learner = AR1Star(depth="pool", epochs=1, replay_mb=0)
+        >>> learner = learner.partial_fit(np.eye(3, 1280, dtype=np.float32), ["a", "b", "c"])
+        >>> learner.predict_flops == 2 * 1280 * 3 + (2 * 1280 * 3 + 3) + 3
+        True
+        """
+        flops = super().predict_flops
+        k = len(self.labels)
+        if self.gaussians is None or k == 0:
+            return flops
+        if self.config.depth == "latent" and self.pattern_shape is not None:
+            positions = self.pattern_shape[0] * self.pattern_shape[1]
+            flops += summary_flops(positions, self.config.gaussian_features)
+        return flops + ClassGaussians.score_flops(self.gaussians.dim, k) + k
 
     # ----------------------------------------------------------------------------- forgetting
     def forget(self, label: object) -> None:

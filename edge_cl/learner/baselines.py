@@ -8,8 +8,9 @@ They take pooled ``(N, d)`` features (``d = 1280`` for EfficientNet-Lite0: the e
 ``pool`` cut, or :meth:`edge_cl.extractor.imagenet.PretrainedHead.pool` on latents) and implement
 the :class:`~edge_cl.learner.protocol.Learner` protocol: ``partial_fit``, ``predict``,
 ``predict_proba``, ``decision_function``, ``predict_with_confidence`` (with an
-``unknown_threshold`` and ``calibrate_unknown``), ``classes_``, ``forget``, ``nbytes``, ``save`` /
-``load`` through :mod:`edge_cl.learner.checkpoint`, plus ``state_dict`` / ``from_state_dict``.
+``unknown_threshold`` and ``calibrate_unknown``), ``classes_``, ``forget``, ``nbytes``,
+``last_update_flops`` and ``predict_flops``, ``save`` / ``load`` through
+:mod:`edge_cl.learner.checkpoint`, plus ``state_dict`` / ``from_state_dict``.
 
 A state dict holds numpy arrays and JSON-able values only; :meth:`~_ClassMeanLearner.save`
 stores the arrays as arrays and the rest as the checkpoint's metadata.
@@ -27,7 +28,7 @@ import numpy as np
 
 from edge_cl.errors import CheckpointError, NotFittedError
 from edge_cl.learner.checkpoint import load_state, save_state
-from edge_cl.learner.gaussian import merge_means, oas_covariance
+from edge_cl.learner.gaussian import ClassGaussians, merge_means, oas_covariance
 from edge_cl.learner.labels import Label, LabelMap
 from edge_cl.learner.layers import softmax
 from edge_cl.learner.protocol import (
@@ -113,6 +114,18 @@ class _ClassMeanLearner(ABC):
         """FLOPs of learning ``n`` patterns of ``d`` features: the class sums and mean moves."""
         return 2 * n * d
 
+    @property
+    def predict_flops(self) -> int:
+        """FLOPs to classify one frame alone (``predict`` on a batch of one, as the device does)
+        with the current state, counted analytically; 0 before the first class."""
+        if len(self.labels) == 0 or self.n_features is None:
+            return 0
+        return self._predict_flops(self.n_features, len(self.labels))
+
+    @abstractmethod
+    def _predict_flops(self, d: int, k: int) -> int:
+        """FLOPs of :meth:`_scores` on one pattern of ``d`` features over ``k`` live classes."""
+
     # -------------------------------------------------------------------------- predicting
     @property
     def classes_(self) -> list[Label]:
@@ -179,7 +192,9 @@ class _ClassMeanLearner(ABC):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the model's arrays (statistics and any cached scoring arrays)."""
+        """Bytes of the state the model keeps to go on learning and predicting (its statistics);
+        arrays cached from them for scoring are left out, so the footprint does not depend on
+        whether the model has predicted since its last batch."""
         return sum(a.nbytes for a in self._arrays())
 
     # ------------------------------------------------------------------------------ state
@@ -288,6 +303,17 @@ class NearestClassMean(_ClassMeanLearner):
         sq = (x * x).sum(axis=1)[:, None] - 2.0 * x @ means.T + (means * means).sum(axis=1)
         out: np.ndarray = -np.sqrt(np.maximum(sq, 0.0))
         return out
+
+    def _predict_flops(self, d: int, k: int) -> int:
+        """``|x|^2`` and ``2x`` (``3d``), the dot products with the ``k`` means (``2dk``), the
+        means' squared norms (``2dk``: :meth:`_scores` recomputes them on every call), combining
+        the three (``2k``) and the clip, root and sign (``3k``).
+
+        >>> x = np.eye(4)
+        >>> NearestClassMean().partial_fit(x[:3], ["a", "b", "c"]).predict_flops
+        75
+        """
+        return 4 * d * k + 3 * d + 5 * k
 
 
 class StreamingLDA(_ClassMeanLearner):
@@ -407,11 +433,21 @@ class StreamingLDA(_ClassMeanLearner):
         out: np.ndarray = x.astype(np.float32) @ w32 - bias32
         return out
 
+    def _predict_flops(self, d: int, k: int) -> int:
+        """The product with the cached weights and the bias, ``2dk + k`` (the weights are
+        rebuilt once per change of the model; the precision behind them is counted in
+        ``last_update_flops``).
+
+        >>> x = np.eye(4)
+        >>> StreamingLDA().partial_fit(x[:3], ["a", "b", "c"]).predict_flops
+        27
+        """
+        return ClassGaussians.score_flops(d, k)
+
     def _arrays(self) -> list[np.ndarray]:
-        cached = [] if self._precision is None else [self._precision]
-        if self._weights is not None:
-            cached += list(self._weights)
-        return [*super()._arrays(), self._scatter, *cached]
+        """The statistics (means, counts, scatter); the precision and scoring weights cached
+        from them are not state (``nbytes`` leaves them out)."""
+        return [*super()._arrays(), self._scatter]
 
     def state_dict(self) -> dict[str, Any]:
         """The whole state (caches excluded): numpy arrays (copies) and JSON-able values."""

@@ -70,6 +70,7 @@ class Cumulative(LatentNetwork):
         LabelMap.from_state_dict(self.labels.state_dict()).fit(labels)
         self.seen_x.append(x.copy())
         self.seen_y.append(self.labels.fit(labels))
+        self.pattern_shape = tuple(x.shape[1:])
         self.batches_seen += 1
         self._grow(self.labels.size)
 
@@ -81,9 +82,16 @@ class Cumulative(LatentNetwork):
         return self.config.epochs * self._train_flops(shape, self.labels.size)
 
     def retrain(self) -> None:
-        """Reset the network to its starting point and train on everything seen so far."""
+        """Reset the network to its starting point and train on everything seen so far.
+
+        Its shuffles come from a generator seeded by ``(config.seed, batches_seen)``, not from
+        the learner's running one, so a retrain depends on the data so far and nothing else:
+        retraining after every batch (``partial_fit``) or only where the study evaluates gives
+        the same network at the same batch, whatever the evaluation points.
+        """
         if not self.seen_x:
             return
+        self.rng = np.random.default_rng([self.config.seed, self.batches_seen])
         x, y = np.concatenate(self.seen_x), np.concatenate(self.seen_y)
         self.latent = self._latent_layers(self._head) if self.config.depth == "latent" else []
         slots = self.labels.size

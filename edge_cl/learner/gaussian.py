@@ -128,6 +128,17 @@ class ClassGaussians:
         """FLOPs of :meth:`partial_fit` on ``n`` patterns plus the precision it invalidates."""
         return 2 * n * dim + 2 * n * dim * dim + 2 * dim**3
 
+    @staticmethod
+    def score_flops(dim: int, classes: int) -> int:
+        """FLOPs of :meth:`scores` on one pattern for ``classes`` slots: the product with the
+        cached weights and the bias (the weights themselves are rebuilt once per change of the
+        statistics, which :meth:`update_flops` pays for with the precision).
+
+        >>> ClassGaussians.score_flops(640, 10)
+        12810
+        """
+        return 2 * dim * classes + classes
+
     def forget(self, slot: int) -> None:
         """Erase a class's mean and count; its past share of the shared scatter stays."""
         if slot < len(self.counts):
@@ -161,11 +172,11 @@ class ClassGaussians:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the statistics and the cached precision."""
-        cached = self._cache[0].nbytes if self._cache is not None else 0
-        if self._weights is not None:
-            cached += self._weights[1].nbytes + self._weights[2].nbytes
-        return self.means.nbytes + self.counts.nbytes + self.scatter.nbytes + cached
+        """Bytes of the statistics (means, counts, scatter): the state the head keeps to go on
+        learning and scoring. The precision and scoring weights cached from them are left out:
+        they are rebuilt from the statistics on demand, and counting them made the footprint
+        depend on whether the head had scored since its last batch."""
+        return self.means.nbytes + self.counts.nbytes + self.scatter.nbytes
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The statistics as arrays (for a checkpoint)."""

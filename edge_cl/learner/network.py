@@ -44,6 +44,19 @@ if TYPE_CHECKING:
     from typing import Self
 
 
+def latent_layers_flops(positions: int) -> int:
+    """FLOPs per frame of the layers above the cut up to the pool, on a latent of ``positions``
+    spatial positions, as the layers count themselves (``Layer.flops``): the conv_head's matmul
+    (``2 * 320 * 1280`` a position), Batch Renorm's folded scale and shift and ReLU6's two
+    comparisons (2 + 2 an activation), and the pool's addition (1 an activation). It is also
+    what the extractor's ``pool`` cut adds to its ``latent`` cut.
+
+    >>> latent_layers_flops(16) == 16 * 1280 * (2 * 320 + 5)
+    True
+    """
+    return positions * POOL_CHANNELS * (2 * LATENT_CHANNELS + 2 + 2 + 1)
+
+
 class LatentNetwork:
     """The layers above the cut, trained by minibatch SGD; the base of the learners that train
     them (it has no ``partial_fit`` of its own: see the module docstring).
@@ -82,6 +95,7 @@ class LatentNetwork:
         self._loss_weights: np.ndarray | None = None
         self.last_update_flops = 0
         self.total_flops = 0
+        self.pattern_shape: tuple[int, ...] | None = None  # of the patterns last learned
 
     @classmethod
     def default_config(cls) -> AR1Config:
@@ -299,6 +313,24 @@ class LatentNetwork:
         logits: np.ndarray = self._features(x, train=False) @ w
         return logits
 
+    @property
+    def predict_flops(self) -> int:
+        """FLOPs to classify one frame alone (``predict`` on a batch of one, as the device does)
+        with the current state, counted analytically: at depth ``latent`` the layers up to the
+        pool (:func:`latent_layers_flops`) on a latent of the shape last learned (the whole
+        latent: prediction uses every position), then the output layer over the live classes
+        (``2 * 1280`` a class; the argmax is not counted). 0 before the first batch; a
+        checkpoint from before ``pattern_shape`` was saved counts its latent layers from its
+        next batch on.
+
+        >>> LatentNetwork(depth="latent").predict_flops  # nothing learned: nothing to classify
+        0
+        """
+        flops = self._output_flops(1, len(self.labels))
+        if self.config.depth == "latent" and self.pattern_shape is not None:
+            flops += latent_layers_flops(self.pattern_shape[0] * self.pattern_shape[1])
+        return flops
+
     def predict_proba(self, latents: np.ndarray) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
         return softmax(self.decision_function(latents))
@@ -366,6 +398,7 @@ class LatentNetwork:
             "batches_seen": self.batches_seen,
             "rng": self.rng.bit_generator.state,
             "total_flops": self.total_flops,
+            "pattern_shape": None if self.pattern_shape is None else list(self.pattern_shape),
             **extra_meta,
         }
         return save_state(path, meta, arrays)
@@ -401,6 +434,8 @@ class LatentNetwork:
             learner.batches_seen = int(meta["batches_seen"])
             learner.rng.bit_generator.state = meta["rng"]
             learner.total_flops = int(meta["total_flops"])
+            shape = meta.get("pattern_shape")  # None in checkpoints from before it was kept
+            learner.pattern_shape = None if shape is None else tuple(int(v) for v in shape)
             slots = learner.labels.size
             cw, past = arrays["cw"], arrays["past"]
             if cw.shape != (POOL_CHANNELS, slots) or past.shape != (slots,):

@@ -65,12 +65,22 @@ class Learner(Protocol):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the learner's arrays: its footprint in memory and, roughly, on disk."""
+        """Bytes of the state the learner keeps to go on learning and predicting (caches it
+        rebuilds from that state for scoring are left out): its footprint, and roughly its
+        checkpoint's size."""
         ...
 
     @property
     def last_update_flops(self) -> int:
         """FLOPs of the last ``partial_fit``, counted analytically."""
+        ...
+
+    @property
+    def predict_flops(self) -> int:
+        """FLOPs to classify one frame alone with the current state (``predict`` on a batch of
+        one, as the device does), counted analytically like ``last_update_flops``; 0 before
+        the first class. Every learner counts it, so a cost comparison never reads a missing
+        count as free (the lifecycle study records it after every batch)."""
         ...
 
     @property

@@ -112,6 +112,12 @@ class _SklearnHead(ABC):
     def nbytes(self) -> int:
         """Bytes of the model's arrays."""
 
+    @property
+    @abstractmethod
+    def predict_flops(self) -> int:
+        """FLOPs to classify one frame alone (``predict`` on a batch of one, as the device
+        does) with the current state, counted analytically; 0 before the first class."""
+
     def predict(self, X: np.ndarray) -> list[Label]:
         """The best-scoring known label of each pattern."""
         best = self.decision_function(X).argmax(axis=1)
@@ -251,6 +257,18 @@ class SGDHead(_SklearnHead):
         self.model.intercept_[index] = 0.0
 
     @property
+    def predict_flops(self) -> int:
+        """The linear scores over the live classes, ``2dk + k``.
+
+        >>> SGDHead(seed=0).partial_fit(np.eye(4), ["a", "b", "c", "d"]).predict_flops
+        36
+        """
+        if self.n_features is None or len(self.labels) == 0:
+            return 0
+        k = len(self.labels)
+        return 2 * self.n_features * k + k
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the linear model's weights."""
         if self.n_features is None:
@@ -291,8 +309,9 @@ class KNNHead(_SklearnHead):
 
     ``decision_function`` and ``predict_proba`` are the share of the ``k`` nearest stored
     patterns in each class. Learning stores the batch (no arithmetic: ``last_update_flops`` is
-    0); the neighbour index is rebuilt on the next prediction. ``forget`` deletes the class's
-    stored patterns.
+    0); the neighbour index is rebuilt on the next prediction, and every prediction compares
+    the frame with every stored pattern (``predict_flops`` grows with the stream). ``forget``
+    deletes the class's stored patterns.
 
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(40, 8)).astype(np.float32)
@@ -347,6 +366,21 @@ class KNNHead(_SklearnHead):
         self._x = [xx[k] for xx, k in zip(self._x, keep, strict=True)]
         self._y = [yy[k] for yy, k in zip(self._y, keep, strict=True)]
         self._model = None
+
+    @property
+    def predict_flops(self) -> int:
+        """Cosine distances to all ``n`` stored ``d``-d patterns as scikit-learn computes them
+        on every call: both sides L2-normalised (square, add, divide: ``3d(n + 1)``, the stored
+        side again each call), their dot products (``2dn``) and one minus them (``2n``). Picking
+        the ``k`` nearest and counting their votes are comparisons and counts, not counted.
+
+        >>> KNNHead(k=1).partial_fit(np.eye(4), ["a", "b", "c", "d"]).predict_flops
+        100
+        """
+        if self.n_features is None or not self._x:
+            return 0
+        n, d = sum(len(x) for x in self._x), self.n_features
+        return 5 * d * n + 3 * d + 2 * n
 
     @property
     def nbytes(self) -> int:
