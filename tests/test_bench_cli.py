@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from harness.core50 import SAMPLES, session_lines
 
 from edge_cl.bench import study
 from edge_cl.bench.scenarios import available
@@ -52,14 +53,8 @@ def test_a_misspelt_name_is_a_one_line_error(
 def nicv2_tree(datasets: Path, out: Path) -> Path:
     """``out/NIC_v2_6/run0`` and ``run1``: the same six one-session batches of the CORe50
     samples in two different orders, sessions 7-9 as the test set; returns the image root."""
-    root = datasets / "core50-samples" / "core50_128x128"
-    sessions = {
-        s: [
-            f"s{s}/{p.parent.name}/{p.name} {(int(p.parent.name[1:]) - 1) // 5}"
-            for p in sorted((root / f"s{s}").glob("o*/*.png"))
-        ]
-        for s in range(1, 10)
-    }
+    root = datasets / SAMPLES
+    sessions = {s: session_lines(root, f"s{s}", "category") for s in range(1, 10)}
     for run, order in (("run0", [1, 2, 3, 4, 5, 6]), ("run1", [6, 5, 4, 3, 2, 1])):
         folder = out / "NIC_v2_6" / run
         folder.mkdir(parents=True)

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from harness.core50 import SAMPLES, session_lines
 
 from edge_cl.bench.filelists import (
     TEST_FILE,
@@ -27,14 +28,7 @@ TEST_SESSIONS = ["s3", "s7"]
 
 @pytest.fixture(scope="module")
 def core50_root(datasets: Path) -> Path:
-    return datasets / "core50-samples" / "core50_128x128"
-
-
-def official_lines(root: Path, session: str) -> list[str]:
-    """Lines in the official CORe50 format: ``sS/oO/C_SS_OO_FFF.png label`` (label = O - 1)."""
-    frames = sorted((root / session).glob("o*/C_*.png"))
-    assert frames, f"no CORe50 frames in {root / session}"
-    return [f"{f.relative_to(root).as_posix()} {int(f.parent.name[1:]) - 1}" for f in frames]
+    return datasets / SAMPLES
 
 
 @pytest.fixture
@@ -44,9 +38,9 @@ def core50_lists(core50_root: Path, tmp_path: Path) -> Path:
     folder.mkdir(parents=True)
     for i, session in enumerate(TRAIN_SESSIONS):
         (folder / f"train_batch_{i:02d}_filelist.txt").write_text(
-            "\n".join(official_lines(core50_root, session)) + "\n"
+            "\n".join(session_lines(core50_root, session)) + "\n"
         )
-    test = [line for s in TEST_SESSIONS for line in official_lines(core50_root, s)]
+    test = [line for s in TEST_SESSIONS for line in session_lines(core50_root, s)]
     (folder / "test_filelist.txt").write_text("\n".join(test) + "\n")
     return folder
 
@@ -76,7 +70,7 @@ def test_write_then_load_round_trips(core50_root: Path, core50_lists: Path, tmp_
 
 
 def test_batches_sort_numerically_not_lexically(core50_root: Path, tmp_path: Path) -> None:
-    lines = official_lines(core50_root, "s1")
+    lines = session_lines(core50_root, "s1")
     for i in range(12):
         (tmp_path / f"train_batch_{i}_filelist.txt").write_text(lines[i % 10] + "\n")
     (tmp_path / "test_filelist.txt").write_text(lines[0] + "\n")
@@ -244,7 +238,7 @@ RUN_ORDERS = {"run0": TRAIN_SESSIONS, "run1": ["s5", "s9", "s1", "s6", "s2", "s8
 
 def session_batch(root: Path, session: str) -> tuple[list[str], list[int]]:
     """The batch of one session's frames as the loader should return it."""
-    lines = [line.split() for line in official_lines(root, session)]
+    lines = [line.split() for line in session_lines(root, session)]
     return [p for p, _ in lines], [int(lab) for _, lab in lines]
 
 
@@ -253,10 +247,10 @@ def nicv2(core50_root: Path, tmp_path: Path) -> Path:
     """CORe50's NICv2 layout on the real sample frames: run0/ and run1/ hold the same batches
     (one per training session) in different orders, and each its copy of the same test list."""
     protocol = tmp_path / "NIC_v2_391"
-    test = "\n".join(line for s in TEST_SESSIONS for line in official_lines(core50_root, s))
+    test = "\n".join(line for s in TEST_SESSIONS for line in session_lines(core50_root, s))
     for run, sessions in RUN_ORDERS.items():
         batches = {
-            batch_filename(i, len(sessions)): "\n".join(official_lines(core50_root, s)) + "\n"
+            batch_filename(i, len(sessions)): "\n".join(session_lines(core50_root, s)) + "\n"
             for i, s in enumerate(sessions)
         }
         write(protocol / run, batches, test + "\n")
@@ -281,7 +275,7 @@ def test_run_folders_load_as_orderings_in_order(core50_root: Path, nicv2: Path) 
 
 
 def test_each_run_is_read_from_its_own_files(core50_root: Path, nicv2: Path) -> None:
-    (nicv2 / "run1" / TEST_FILE).write_text("\n".join(official_lines(core50_root, "s7")) + "\n")
+    (nicv2 / "run1" / TEST_FILE).write_text("\n".join(session_lines(core50_root, "s7")) + "\n")
     first, second = load_filelist_runs(core50_root, nicv2, 2)
     assert first.test[0][0].startswith("s3/") and len(first.test[0]) == 20
     assert all(p.startswith("s7/") for p in second.test[0]) and len(second.test[0]) == 10
@@ -293,7 +287,7 @@ def test_each_run_is_read_from_its_own_files(core50_root: Path, nicv2: Path) -> 
 
 
 def test_runs_sort_numerically_not_lexically(core50_root: Path, tmp_path: Path) -> None:
-    frames = [line for s in TRAIN_SESSIONS for line in official_lines(core50_root, s)]
+    frames = [line for s in TRAIN_SESSIONS for line in session_lines(core50_root, s)]
     for i in range(12):
         write(tmp_path / f"run{i}", {"train_batch_00_filelist.txt": frames[i] + "\n"})
     names = [f"run{i}" for i in range(12)]

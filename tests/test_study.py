@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness.core50 import SAMPLES, session_lines
 
 from edge_cl.bench.plots import plot_study
 from edge_cl.bench.report import (
@@ -45,13 +46,10 @@ from edge_cl.learner.sklearn_heads import KNNHead, SGDHead
 
 def core50_filelists(datasets: Path, out: Path) -> Path:
     """Sessions 1-6 as six training batches, sessions 7-9 as the test set; label = category."""
-    root = datasets / "core50-samples" / "core50_128x128"
+    root = datasets / SAMPLES
     out.mkdir()
     for s in range(1, 10):
-        lines = [
-            f"s{s}/{p.parent.name}/{p.name} {(int(p.parent.name[1:]) - 1) // 5}"
-            for p in sorted((root / f"s{s}").glob("o*/*.png"))
-        ]
+        lines = session_lines(root, f"s{s}", "category")
         name = "test_filelist.txt" if s >= 7 else f"train_batch_{s - 1:02d}_filelist.txt"
         with (out / name).open("a") as f:
             f.write("\n".join(lines) + "\n")
