@@ -103,7 +103,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """The lifecycle study: strategies over orderings of real image streams."""
     from edge_cl.bench import report as study_report
     from edge_cl.bench import study
-    from edge_cl.bench.filelists import filelist_runs, load_filelist_runs
+    from edge_cl.bench.filelists import load_filelist_runs
     from edge_cl.bench.latents import LatentCache, clear_cache
     from edge_cl.bench.scenarios import build
     from edge_cl.extractor.imagenet import head_arrays
@@ -132,9 +132,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.filelists is not None:
         if args.root is None:
             raise EdgeClError("--filelists needs --root (the folder the filelists' paths start at)")
-        if args.runs is None:
-            args.runs = len(filelist_runs(args.filelists))
         orderings = load_filelist_runs(args.root, args.filelists, args.runs)
+        args.runs = len(orderings)
         scenarios = [lambda run: orderings[run]]  # the study's "seed" i is run i
     else:
         images, datasets = args.cache / "images", args.datasets
@@ -188,7 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             on_ordering=lambda partial: save(partial, final=False),
         )
     print("\n" + save(result, final=True))
-    print(f"latent cache: {cache.nbytes / 2**20:.1f} MB at {cache.location} (--clear-cache)")
+    print(f"latent cache: {cache.nbytes / 2**20:.1f} MB at {cache.store} (--clear-cache)")
     if args.quick:
         failures = study_report.quick_check(result)
         for failure in failures:
@@ -197,16 +196,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+_STRATEGIES = "strategies:"
+"""The epilog of ``edge-cl bench --help``: :class:`_BenchHelp` lists the strategies under it."""
+
+
 class _BenchHelp(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every default in the help, and the strategy list below it as written."""
+    """Every default in the help, and the study's strategies, one line each, under its epilog:
+    the study is imported only when the help is shown, not by every ``edge-cl`` command."""
 
+    def add_text(self, text: str | None) -> None:
+        if text == _STRATEGIES:
+            from edge_cl.bench import study
 
-def _bench_epilog() -> str:
-    """The strategies ``edge-cl bench`` knows, one line each."""
-    from edge_cl.bench import study
-
-    lines = [f"  {name:30s} {s.help}" for name, s in study.strategies().items()]
-    return "strategies:\n" + "\n".join(lines)
+            lines = [f"  {name:30s} {s.help}" for name, s in study.strategies().items()]
+            text = "\n".join([text, *lines])
+        super().add_text(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=cmd_bench.__doc__,
         description=cmd_bench.__doc__,
         formatter_class=_BenchHelp,
-        epilog=_bench_epilog(),
+        epilog=_STRATEGIES,
     )
     bench.add_argument(
         "--scenario",

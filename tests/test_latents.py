@@ -98,7 +98,7 @@ def test_edited_file_is_extracted_again(
     after = cache.get([image, coil[1]])
     assert sum(calls) == 4
     assert not np.allclose(after[0], before[0]) and np.array_equal(after[1], before[1])
-    assert len(list(cache.location.glob("shard_*.json"))) == 3  # the image is in all three
+    assert len(list(cache.store.glob("shard_*.json"))) == 3  # the image is in all three
     fresh = LatentCache(tmp_path / "cache", extractor)
     np.testing.assert_array_equal(fresh.get([image]), after[:1])  # the newest record wins
     assert sum(calls) == 4
@@ -162,17 +162,17 @@ def test_shards_are_never_rewritten(
 ) -> None:
     cache = LatentCache(tmp_path, extractor, batch_size=4, shard_rows=4)
     cache.get(coil[:6])  # a full shard of 4, then one of 2
-    first = shard_files(cache.location)
+    first = shard_files(cache.store)
     assert list(first) == [f"shard_0000{i}.{x}" for i in (0, 1) for x in ("json", "npy")]
-    contents = {name: (cache.location / name).read_bytes() for name in first}
+    contents = {name: (cache.store / name).read_bytes() for name in first}
     cache.get(coil[4:])  # two known, four new
     assert sum(calls) == 10
-    now = shard_files(cache.location)
+    now = shard_files(cache.store)
     assert {name: now[name] for name in first} == first  # same inode, mtime and size
-    assert all((cache.location / name).read_bytes() == data for name, data in contents.items())
+    assert all((cache.store / name).read_bytes() == data for name, data in contents.items())
     assert sorted(set(now) - set(first)) == ["shard_00002.json", "shard_00002.npy"]
-    assert np.load(cache.location / "shard_00001.npy").shape == (2, 4, 4, 320)  # not topped up
-    assert np.load(cache.location / "shard_00002.npy").shape == (4, 4, 4, 320)
+    assert np.load(cache.store / "shard_00001.npy").shape == (2, 4, 4, 320)  # not topped up
+    assert np.load(cache.store / "shard_00002.npy").shape == (4, 4, 4, 320)
     fresh = LatentCache(tmp_path, extractor)
     np.testing.assert_allclose(fresh.get(coil), reference, rtol=0, atol=1e-5)
     assert sum(calls) == 10 and len(fresh) == 10
@@ -198,7 +198,7 @@ def test_bytes_written_are_about_the_store_size(
     written = written_bytes() - before
     assert cache.extracted == 32
     size = cache.nbytes
-    assert size == sum(f.stat().st_size for f in cache.location.iterdir())
+    assert size == sum(f.stat().st_size for f in cache.store.iterdir())
     assert 32 * LATENT_BYTES < size <= written <= 1.5 * size
 
 
@@ -223,12 +223,12 @@ def test_a_shard_without_its_record_is_ignored_and_removed(
     with pytest.raises(OSError, match="power cut"):
         cache.get(coil[3:6])
     monkeypatch.setattr(latents, "_save_atomic", save)
-    assert sorted(p.name for p in cache.location.glob("shard_00001.*")) == ["shard_00001.npy"]
-    (cache.location / ".shard_00002.npy.99999.tmp").write_bytes(b"half a shard")  # a killed writer
+    assert sorted(p.name for p in cache.store.glob("shard_00001.*")) == ["shard_00001.npy"]
+    (cache.store / ".shard_00002.npy.99999.tmp").write_bytes(b"half a shard")  # a killed writer
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fresh = LatentCache(tmp_path, extractor)
-    assert sorted(p.name for p in fresh.location.iterdir()) == [
+    assert sorted(p.name for p in fresh.store.iterdir()) == [
         ".lock",
         "shard_00000.json",
         "shard_00000.npy",
@@ -289,9 +289,9 @@ def test_clear_and_clear_cache(
     (tmp_path / "notes.txt").write_text("not the cache's")
     sizes = int8.nbytes, fp32.nbytes
     assert sizes[0] > 4 * LATENT_BYTES and sizes[1] > 2 * LATENT_BYTES
-    assert fp32.location == tmp_path / model_key(fp32.extractor)
+    assert fp32.store == tmp_path / model_key(fp32.extractor)
     assert fp32.clear() == sizes[1]
-    assert fp32.nbytes == 0 and len(fp32) == 0 and not fp32.location.exists()
+    assert fp32.nbytes == 0 and len(fp32) == 0 and not fp32.store.exists()
     assert int8.nbytes == sizes[0] and len(LatentCache(tmp_path, extractor)) == 4
     fp32.get(coil[:1])
     assert fp32.extracted == 3

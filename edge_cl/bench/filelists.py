@@ -303,11 +303,12 @@ def filelist_runs(folder: str | os.PathLike[str]) -> list[tuple[str, Path]]:
 def load_filelist_runs(
     root: str | os.PathLike[str],
     filelists_dir: str | os.PathLike[str],
-    runs: int,
+    runs: int | None = None,
     name: str | None = None,
     check_files: bool = True,
 ) -> list[Scenario]:
-    """The first ``runs`` orderings of ``filelists_dir`` (:func:`filelist_runs`), all loaded.
+    """The first ``runs`` orderings of ``filelists_dir`` (:func:`filelist_runs`; None: all of
+    them), all loaded.
 
     Each is read on its own (test list included) by :func:`load_filelists`, so a broken run is
     reported before any work starts. ``meta["run"]`` names the ordering (``"run0"``, ...). All
@@ -318,6 +319,8 @@ def load_filelist_runs(
     folder = Path(filelists_dir)
     available = filelist_runs(folder)
     single = available[0][1] == folder
+    if runs is None:
+        runs = len(available)
     if runs < 1 or runs > len(available):
         held = ", ".join(run for run, _ in available)
         one = " (a single ordering; pass the folder of its run0/, run1/, ...)" if single else ""

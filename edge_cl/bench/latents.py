@@ -207,7 +207,8 @@ Stamp = tuple[int, int, int]
 
 
 class LatentCache:
-    """Latents of image files through one extractor, extracted once and kept in ``cache_dir``.
+    """Latents of image files through one extractor, extracted once and kept in ``cache_dir``,
+    in this model's folder ``store`` (``nbytes`` on disk).
 
     >>> import shutil, tempfile
     >>> from PIL import Image
@@ -219,7 +220,7 @@ class LatentCache:
     ((1, 4, 4, 320), 1)
     >>> cache.get([tmp / "red.png", tmp / "red.png"]).shape, cache.extracted, len(cache)
     ((2, 4, 4, 320), 1, 1)
-    >>> sorted(p.name for p in cache.location.glob("shard_*")), cache.nbytes > 20480
+    >>> sorted(p.name for p in cache.store.glob("shard_*")), cache.nbytes > 20480
     (['shard_00000.json', 'shard_00000.npy'], True)
     >>> cache.clear() > 20480, cache.nbytes, len(cache)
     (True, 0, 0)
@@ -252,11 +253,6 @@ class LatentCache:
     def latent_shape(self) -> tuple[int, ...] | None:
         """Shape of one latent, once known (after the first extraction)."""
         return self._shape
-
-    @property
-    def location(self) -> Path:
-        """The folder of this model's store (inside ``cache_dir``)."""
-        return self.store
 
     @property
     def nbytes(self) -> int:
