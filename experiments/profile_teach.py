@@ -28,7 +28,7 @@ import numpy as np
 
 from edge_cl.device.classifier import Classifier
 from edge_cl.device.config import load_config
-from edge_cl.device.worker import calibrate_on_replay
+from edge_cl.device.worker import recalibrate
 from edge_cl.learner.protocol import Learner
 from edge_cl.perf.loop import seed_checkpoint
 
@@ -61,7 +61,7 @@ def main() -> None:
             model.partial_fit(latents, ["new"] * len(latents))
 
         def step_calibrate() -> None:
-            calibrate_on_replay(model, config.unknown_accept)
+            recalibrate(model, config.unknown_accept)
 
         def step_save() -> None:
             model.save(tmp / "profile.ckpt")

@@ -20,6 +20,7 @@ from edge_cl.learner.config import BASELINE_SETTINGS
 from edge_cl.learner.cumulative import Cumulative
 from edge_cl.learner.gaussian import ClassGaussians
 from edge_cl.learner.layers import BatchRenorm
+from edge_cl.learner.network import NOVELTY_PROBES, NOVELTY_WINDOW
 
 
 def blobs(
@@ -324,18 +325,54 @@ def test_synaptic_intelligence_anchors_the_important_weights() -> None:
     assert weighted_drift(1e4) < 0.6 * weighted_drift(1e-9)
 
 
-def test_unknown_threshold_flags_low_confidence() -> None:
+def test_calibrated_novelty_flags_the_share_of_known_patterns_asked_and_most_unseen() -> None:
     rng = np.random.default_rng(0)
-    learner = AR1Star(
-        depth="pool", epochs=3, minibatch=128, lr_first=0.01, replay_mb=0, gaussian_head=False
-    )
+    learner = AR1Star(depth="pool", epochs=3, minibatch=128, lr_first=0.01, replay_mb=0)
     learner.partial_fit(*blobs(rng, [0, 1, 2], 30))
-    known, _ = blobs(rng, [0, 1, 2], 20)
-    threshold = learner.calibrate_unknown(known, accept=0.9)
-    assert 0 < threshold < 1
-    _, conf, unknown = learner.predict_with_confidence(known)
-    assert unknown.mean() == pytest.approx(0.1, abs=0.05)
-    assert np.array_equal(unknown, conf < threshold)
+    known, _ = blobs(rng, [0, 1, 2], 40)
+    unseen, _ = blobs(rng, [5, 6], 40)
+    assert learner.config.novelty_threshold is None
+    assert not learner.predict_with_confidence(unseen)[2].any()  # never unknown uncalibrated
+    threshold = learner.calibrate_unknown(known[::2], accept=0.9)
+    assert learner.config.novelty_threshold == threshold
+    _, _, unknown = learner.predict_with_confidence(known[1::2])
+    assert unknown.mean() == pytest.approx(0.1, abs=0.08)
+    assert np.array_equal(unknown, learner.novelty(known[1::2]) > threshold)
+    assert learner.predict_with_confidence(unseen)[2].mean() > 0.9
+    with pytest.raises(ValueError, match="accept must be in"):
+        learner.calibrate_unknown(known, accept=0.0)
+
+
+def test_teaching_keeps_scores_of_new_views_to_calibrate_on_and_they_survive_forget_and_saving(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(1)
+    learner = AR1Star(depth="pool", epochs=2, replay_mb=1)
+    learner.partial_fit(*blobs(rng, [0, 1], 30))
+    assert len(learner.novelty_scores) == 0  # nothing was known before the first batch
+    assert learner.calibrate_unknown_on_teaching(0.95) is None
+    assert learner.config.novelty_threshold is None
+    x, y = blobs(rng, [0, 1, 2], 30)  # c2 is new: only c0's and c1's views are scored
+    expected = learner.novelty(x[:60][np.linspace(0, 59, NOVELTY_PROBES).astype(int)])
+    learner.partial_fit(x, y)
+    assert np.allclose(learner.novelty_scores, expected, atol=1e-5)
+    assert sorted(set(learner.labels.inverse(learner.novelty_classes))) == ["c0", "c1"]
+    threshold = learner.calibrate_unknown_on_teaching(0.95)
+    assert threshold == pytest.approx(float(np.quantile(expected, 0.95)), rel=1e-5)
+    learner.save(tmp_path / "a.npz")
+    loaded = AR1Star.load(tmp_path / "a.npz")
+    assert np.array_equal(loaded.novelty_scores, learner.novelty_scores)
+    assert loaded.config.novelty_threshold == threshold
+    xt, _ = blobs(rng, [0, 1, 2, 7], 10)
+    assert np.array_equal(
+        loaded.predict_with_confidence(xt)[2], learner.predict_with_confidence(xt)[2]
+    )
+    learner.forget("c0")
+    assert "c0" not in learner.labels.inverse(learner.novelty_classes)
+    assert len(learner.novelty_scores) == NOVELTY_PROBES // 2
+    for _ in range(NOVELTY_WINDOW // NOVELTY_PROBES + 2):
+        learner.partial_fit(*blobs(rng, [1, 2], 20))
+    assert len(learner.novelty_scores) == NOVELTY_WINDOW
 
 
 def test_cumulative_retrains_on_everything_and_grows() -> None:

@@ -100,7 +100,9 @@ def test_learner_ratios_are_gflops_over_the_same_run_peak(
     assert {(i["depth"], i["batch"]) for i in result["learner"]["inference"]} == {
         (d, b) for d in ("latent", "pool") for b in (1, 32)
     }
-    assert all(i["ms_per_frame"] > 0 for i in result["learner"]["inference"])
+    for i in result["learner"]["inference"]:
+        assert i["ms_per_frame"] > 0 and i["unknown_ms_per_frame"] > 0
+        assert i["unknown_share"] == pytest.approx(i["unknown_ms_per_frame"] / i["ms_per_frame"])
     for c in result["learner"]["checkpoints"]:
         assert c["bytes"] > 0 and c["save_s"] > 0 and c["load_s"] > 0 and c["memory"] == 40
 
@@ -113,6 +115,7 @@ def test_every_target_is_printed_with_a_verdict(report: tuple[dict[str, Any], st
     assert any(t.startswith("teach update (8 new + all 40 replayed") for t in texts)
     assert sum(t.startswith("learner update") for t in texts) == 2  # one per thread count
     assert "device loop peak RSS" in texts and "device loop start-up to first prediction" in texts
+    assert "unknown score per frame, of head inference" in texts
     for t in result["targets"]:
         assert t["status"] in STATUSES
         assert f"- {t['line']}" in markdown

@@ -127,6 +127,7 @@ class AR1Star(LatentNetwork):
             )
         probe = LabelMap.from_state_dict(self.labels.state_dict())
         probe.fit(labels)  # validates every label before anything changes
+        probe_flops = self._probe_novelty(x, labels)
         y = self.labels.fit(labels)
         self.pattern_shape = tuple(x.shape[1:])
         self._grow(self.labels.size)
@@ -145,8 +146,16 @@ class AR1Star(LatentNetwork):
         if self.gaussians is not None:
             self.gaussians.partial_fit(self._summary(x), y)
             gauss_flops = ClassGaussians.update_flops(len(x), self.gaussians.dim)
-        flops = gauss_flops + self._train(
-            train_x, train_y, replay_x, replay_y, self.config.lr_first if first else self.config.lr
+        flops = (
+            probe_flops
+            + gauss_flops
+            + self._train(
+                train_x,
+                train_y,
+                replay_x,
+                replay_y,
+                self.config.lr_first if first else self.config.lr,
+            )
         )
         self._end_batch(present, cur)
         if self.memory is not None:
@@ -251,12 +260,12 @@ class AR1Star(LatentNetwork):
         self._si_accumulate(before)
 
     # ---------------------------------------------------------------------------- predicting
-    def _logits(self, x: np.ndarray, w: np.ndarray, live: np.ndarray) -> np.ndarray:
+    def _add_heads(self, x: np.ndarray, logits: np.ndarray, live: np.ndarray) -> np.ndarray:
         """CWR*'s logits, plus the Gaussian head's log-posterior when it is on."""
-        logits = super()._logits(x, w, live)
-        if self.gaussians is not None:
-            logits += self.gaussians.scores(self._summary(x), live)
-        return logits
+        if self.gaussians is None:
+            return logits
+        combined: np.ndarray = logits + self.gaussians.scores(self._summary(x), live)
+        return combined
 
     @property
     def predict_flops(self) -> int:

@@ -8,6 +8,7 @@ reads (CWR*, replay, SI, the Gaussian head) are off in Cumulative's defaults.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,9 @@ class AR1Config:
       batch (new and replayed patterns together), so that a large batch of new classes does not
       outweigh the replayed ones in the gradient.
     - ``unknown_threshold``: below this top probability a prediction is flagged unknown.
+    - ``novelty_threshold``: above this novelty (``LatentNetwork.novelty``, minus the largest
+      output-layer logit) a prediction is flagged unknown; None never. Set by
+      ``calibrate_unknown`` and ``calibrate_unknown_on_teaching``.
     """
 
     depth: str = "latent"
@@ -126,6 +130,7 @@ class AR1Config:
     gaussian_features: str = "mean_std"
     balanced_loss: bool = True
     unknown_threshold: float = 0.0
+    novelty_threshold: float | None = None
     seed: int = 0
 
     def stored_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -158,6 +163,10 @@ class AR1Config:
         object.__setattr__(self, "replay_grid", check_grid(self.replay_grid, self.replay_codec))
         if not 0.0 <= self.unknown_threshold <= 1.0:
             raise ValueError(f"unknown_threshold must be in [0, 1], got {self.unknown_threshold}")
+        if self.novelty_threshold is not None and not math.isfinite(self.novelty_threshold):
+            raise ValueError(
+                f"novelty_threshold must be finite or None, got {self.novelty_threshold!r}"
+            )
         if self.replay_per_epoch is not None and self.replay_per_epoch < 0:
             raise ValueError(f"replay_per_epoch must be >= 0 or None, got {self.replay_per_epoch}")
         ranges = {

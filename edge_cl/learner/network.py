@@ -15,8 +15,9 @@ retrains them from the start on everything it has kept.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,15 @@ from edge_cl.learner.protocol import check_batch
 if TYPE_CHECKING:
     from typing import Self
 
+NOVELTY_PROBES = 32
+"""Patterns of already-known classes a batch has scored for novelty before it is learned."""
+
+NOVELTY_WINDOW = 1024
+"""Newest such scores kept for ``calibrate_unknown_on_teaching``."""
+
+MIN_CALIBRATION = 32
+"""Fewest such scores ``calibrate_unknown_on_teaching`` sets a threshold from."""
+
 
 def latent_layers_flops(positions: int) -> int:
     """FLOPs per frame of the layers above the cut up to the pool, on a latent of ``positions``
@@ -55,6 +65,17 @@ def latent_layers_flops(positions: int) -> int:
     True
     """
     return positions * POOL_CHANNELS * (2 * LATENT_CHANNELS + 2 + 2 + 1)
+
+
+def novelty_from_logits(logits: np.ndarray) -> np.ndarray:
+    """The novelty of each row of output-layer logits: minus its largest (higher: less like any
+    class). What "unknown" costs a frame on top of its prediction, k comparisons for k classes.
+
+    >>> novelty_from_logits(np.array([[2.0, -1.0], [0.5, 0.25]])).tolist()
+    [-2.0, -0.5]
+    """
+    novelty: np.ndarray = -logits.max(axis=1)
+    return novelty
 
 
 class LatentNetwork:
@@ -96,6 +117,8 @@ class LatentNetwork:
         self.last_update_flops = 0
         self.total_flops = 0
         self.pattern_shape: tuple[int, ...] | None = None  # of the patterns last learned
+        self.novelty_scores = np.zeros(0, np.float32)  # see calibrate_unknown_on_teaching
+        self.novelty_classes = np.zeros(0, np.int64)
 
     @classmethod
     def default_config(cls) -> AR1Config:
@@ -299,18 +322,41 @@ class LatentNetwork:
     def decision_function(self, latents: np.ndarray, chunk: int = 128) -> np.ndarray:
         """Logits over ``classes_`` (forgotten classes dropped), in chunks of ``chunk`` patterns
         (bounding the activations in memory: about 10 MB per chunk of 128 at 128 px)."""
+        return self._outputs(latents, chunk)[0]
+
+    def novelty(self, latents: np.ndarray) -> np.ndarray:
+        """How unlike every taught class each pattern looks: minus its largest output-layer
+        (CWR*) logit, before any other head is added. Higher is more novel; a pattern is
+        flagged unknown above ``config.novelty_threshold``.
+
+        Chosen by measurement (``experiments/results/openset_probe.md``): on the dev streams it
+        separated never-taught classes from taught ones as well as a nearest-neighbour distance
+        to the replay memory and better than the softmax confidence or a Mahalanobis distance
+        on the Gaussian head's features, and it costs a maximum over the logits prediction
+        already computes. It follows the latent layers as they learn, since it is read off
+        the network that predicts."""
+        return self._outputs(latents)[1]
+
+    def _outputs(self, latents: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """Logits over ``classes_`` and the novelty of each pattern, in one pass."""
         if len(self.labels) == 0:
             raise NotFittedError("the learner has not learned any class yet: call partial_fit")
         x = self._check_input(latents)
         live = self.labels.transform(self.labels.labels)
         w = self.cw[:, live]
-        return np.concatenate(
-            [self._logits(x[i : i + chunk], w, live) for i in range(0, len(x), chunk)]
-        )
+        parts = [self._chunk_outputs(x[i : i + chunk], w, live) for i in range(0, len(x), chunk)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _logits(self, x: np.ndarray, w: np.ndarray, live: np.ndarray) -> np.ndarray:
-        """The logits of a chunk: its pooled features times the live columns ``w`` of ``cw``."""
+    def _chunk_outputs(
+        self, x: np.ndarray, w: np.ndarray, live: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A chunk's logits (its pooled features times the live columns ``w`` of ``cw``, plus
+        what :meth:`_add_heads` adds) and its novelty (minus the largest of the former)."""
         logits: np.ndarray = self._features(x, train=False) @ w
+        return self._add_heads(x, logits, live), novelty_from_logits(logits)
+
+    def _add_heads(self, x: np.ndarray, logits: np.ndarray, live: np.ndarray) -> np.ndarray:
+        """The output layer's ``logits`` of a chunk ``x``, plus what other heads add (none)."""
         return logits
 
     @property
@@ -342,24 +388,65 @@ class LatentNetwork:
     def predict_with_confidence(
         self, latents: np.ndarray
     ) -> tuple[list[Label], np.ndarray, np.ndarray]:
-        """Labels, their probability, and an ``unknown`` mask (probability < threshold)."""
-        p = self.predict_proba(latents)
+        """Labels, their probability, and an ``unknown`` mask: probability below
+        ``config.unknown_threshold`` or :meth:`novelty` above ``config.novelty_threshold``."""
+        logits, novelty = self._outputs(latents)
+        p = softmax(logits)
         best = p.argmax(1)
         conf = p[np.arange(len(p)), best]
-        return (
-            self.labels.inverse(self._live_index(best)),
-            conf,
-            conf < self.config.unknown_threshold,
-        )
+        unknown = conf < self.config.unknown_threshold
+        if self.config.novelty_threshold is not None:
+            unknown |= novelty > self.config.novelty_threshold
+        return self.labels.inverse(self._live_index(best)), conf, unknown
 
     def calibrate_unknown(self, latents: np.ndarray, accept: float = 0.95) -> float:
-        """Set the unknown threshold so that ``accept`` of these known-class patterns pass."""
+        """Set ``config.novelty_threshold`` so that ``accept`` of these known-class patterns
+        pass, and return it. Patterns the learner was trained on (its replay memory) look more
+        familiar than new views of the same classes, so :meth:`calibrate_unknown_on_teaching`
+        is the better source when it has scores."""
+        return self._set_novelty_threshold(self.novelty(latents), accept)
+
+    def calibrate_unknown_on_teaching(self, accept: float = 0.95) -> float | None:
+        """Set ``config.novelty_threshold`` from the novelty of taught patterns scored before
+        they were learned, so that ``accept`` of such views pass; return it, or None (nothing
+        changed) while fewer than :data:`MIN_CALIBRATION` scores are kept.
+
+        ``partial_fit`` scores up to :data:`NOVELTY_PROBES` patterns of each batch whose class
+        was already known, before learning them: new views of taught classes, which is what the
+        threshold must let pass. The newest :data:`NOVELTY_WINDOW` scores are kept (with their
+        class, so ``forget`` drops a class's), and are saved in checkpoints."""
+        if len(self.novelty_scores) < MIN_CALIBRATION:
+            return None
+        return self._set_novelty_threshold(self.novelty_scores, accept)
+
+    def _set_novelty_threshold(self, scores: np.ndarray, accept: float) -> float:
+        """The ``accept`` quantile of ``scores`` as the threshold; ``accept`` 1 removes it
+        (nothing is unknown by novelty) and returns inf."""
         if not 0 < accept <= 1:
             raise ValueError(f"accept must be in (0, 1], got {accept}")
-        conf = self.predict_proba(latents).max(1)
-        threshold = float(np.quantile(conf, 1 - accept))
-        self.config = replace(self.config, unknown_threshold=threshold)
+        if accept == 1:
+            self.config = replace(self.config, novelty_threshold=None)
+            return math.inf
+        threshold = float(np.quantile(scores.astype(np.float64), accept))
+        self.config = replace(self.config, novelty_threshold=threshold)
         return threshold
+
+    def _probe_novelty(self, x: np.ndarray, labels: Sequence[Label]) -> int:
+        """Before a batch is learned: keep the novelty of up to :data:`NOVELTY_PROBES` of its
+        patterns whose class is already known (evenly spaced, so no random draw changes what
+        the learner trains on); return the FLOPs spent."""
+        if len(self.labels) == 0:
+            return 0
+        known = set(self.labels.labels)
+        rows = np.flatnonzero([label in known for label in labels])
+        if len(rows) == 0:
+            return 0
+        rows = rows[np.linspace(0, len(rows) - 1, min(NOVELTY_PROBES, len(rows))).astype(int)]
+        scores = self.novelty(x[rows]).astype(np.float32)
+        classes = self.labels.transform([labels[i] for i in rows])
+        self.novelty_scores = np.concatenate([self.novelty_scores, scores])[-NOVELTY_WINDOW:]
+        self.novelty_classes = np.concatenate([self.novelty_classes, classes])[-NOVELTY_WINDOW:]
+        return len(rows) * self.predict_flops
 
     def _live_index(self, columns: np.ndarray) -> np.ndarray:
         live: np.ndarray = self.labels.transform(self.labels.labels)[columns]
@@ -371,6 +458,11 @@ class LatentNetwork:
         index = self.labels.remove(label)
         self.cw[:, index] = 0.0
         self.past[index] = 0
+        keep = self.novelty_classes != index
+        self.novelty_scores, self.novelty_classes = (
+            self.novelty_scores[keep],
+            self.novelty_classes[keep],
+        )
 
     # ------------------------------------------------------------------------------- footprint
     @property
@@ -384,7 +476,12 @@ class LatentNetwork:
     # --------------------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike[str]) -> int:
         """Write the whole state atomically (see :mod:`edge_cl.learner.checkpoint`)."""
-        arrays: dict[str, np.ndarray] = {"cw": self.cw, "past": self.past}
+        arrays: dict[str, np.ndarray] = {
+            "cw": self.cw,
+            "past": self.past,
+            "novelty.scores": self.novelty_scores,
+            "novelty.classes": self.novelty_classes,
+        }
         for i, layer in enumerate(self.latent):
             for name, a in layer.state_dict().items():
                 arrays[f"latent.{i}.{name}"] = a
@@ -451,6 +548,12 @@ class LatentNetwork:
                 layer.load_state_dict(
                     {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
                 )
+            scores = arrays.get("novelty.scores", np.zeros(0, np.float32))  # older: none
+            classes = arrays.get("novelty.classes", np.zeros(0, np.int64))
+            if scores.shape != classes.shape or scores.ndim != 1 or len(scores) > NOVELTY_WINDOW:
+                raise ValueError(f"novelty scores {scores.shape} and classes {classes.shape}")
+            learner.novelty_scores = scores.astype(np.float32)
+            learner.novelty_classes = classes.astype(np.int64)
             learner._load_extra(meta, arrays)
         except (KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError) as e:
             raise CheckpointError(f"{path} does not hold a usable {cls.kind} state: {e!r}") from e

@@ -239,13 +239,17 @@ def with_confidence(
 
 
 def calibrated_threshold(proba: np.ndarray, accept: float) -> float:
-    """The unknown threshold that lets ``accept`` of these known-class rows pass.
+    """The unknown threshold that lets ``accept`` of these known-class rows pass (0 for
+    ``accept`` 1: nothing is unknown).
 
-    >>> calibrated_threshold(np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]), accept=0.5)
-    0.8
+    >>> p = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    >>> calibrated_threshold(p, accept=0.5), calibrated_threshold(p, accept=1.0)
+    (0.8, 0.0)
     """
     if not 0 < accept <= 1:
         raise ValueError(f"accept must be in (0, 1], got {accept}")
+    if accept == 1:
+        return 0.0
     return float(np.quantile(proba.max(axis=1), 1 - accept))
 
 

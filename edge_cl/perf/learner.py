@@ -20,6 +20,7 @@ import numpy as np
 from edge_cl.extractor.manifest import Manifest
 from edge_cl.learner.ar1 import AR1Star
 from edge_cl.learner.config import LATENT_CHANNELS, POOL_CHANNELS, AR1Config
+from edge_cl.learner.network import novelty_from_logits
 from edge_cl.learner.protocol import Learner, replay_memory
 from edge_cl.perf.machine import blas_threads, load_threadpoolctl, of_peak, peak_at, time_call
 from edge_cl.perf.settings import Log, PerfSettings
@@ -62,7 +63,9 @@ def bench_learner(
 ) -> dict[str, Any]:
     """One incremental update's time and GFLOP/s (ratio to the matmul peak at the same threads)
     for N new latents with a full memory, replaying all of it or ``replay_per_epoch``; head
-    inference per frame; checkpoint size and save/load time."""
+    inference per frame (``predict_with_confidence``: labels, confidence, unknown), and what of it
+    the unknown score takes (:func:`~edge_cl.learner.network.novelty_from_logits` on the same
+    frames' logits, timed alone); checkpoint size and save/load time."""
     from edge_cl.extractor.imagenet import head_arrays
 
     tpc = load_threadpoolctl()
@@ -117,12 +120,18 @@ def bench_learner(
                         settings.repeats,
                         settings.min_seconds,
                     )
+                    logits = learner.decision_function(x)
+                    score = time_call(
+                        partial(novelty_from_logits, logits), settings.repeats, settings.min_seconds
+                    )
                     inference.append(
                         {
                             "threads": threads,
                             "depth": depth,
                             "batch": batch,
                             "ms_per_frame": 1e3 * seconds / batch,
+                            "unknown_ms_per_frame": 1e3 * score / batch,
+                            "unknown_share": score / seconds,
                         }
                     )
         with tempfile.TemporaryDirectory(prefix="edge-cl-perf-") as tmp:

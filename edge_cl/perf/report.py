@@ -115,10 +115,12 @@ def _learner_lines(le: Mapping[str, Any]) -> list[str]:
         "",
         *_table(UPDATE_COLUMNS, updates),
         "",
-        "Head inference:",
+        "Head inference (`predict_with_confidence`: label, confidence, unknown), and the part "
+        "of it the unknown score takes (`novelty_from_logits` on the same logits, timed alone):",
         "",
         *_table(
-            {"threads": "threads", "depth": "depth", "batch": "batch", "ms/frame": "ms_per_frame"},
+            {"threads": "threads", "depth": "depth", "batch": "batch", "ms/frame": "ms_per_frame"}
+            | {"unknown score ms/frame": "unknown_ms_per_frame", "its share": "unknown_share"},
             le["inference"],
         ),
         "",

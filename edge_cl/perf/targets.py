@@ -96,6 +96,23 @@ def _learner_targets(updates: Sequence[Mapping[str, Any]]) -> list[Target]:
     return times + ratios
 
 
+def _unknown_target(inference: Sequence[Mapping[str, Any]]) -> Target:
+    """The unknown score's share of one frame's head inference, at the latent depth, one frame
+    at a time (as the device classifies), at the most threads measured.
+
+    >>> rows = [{"depth": "latent", "batch": 1, "threads": 2, "unknown_share": 0.01}]
+    >>> _unknown_target(rows).status(False)
+    'met'
+    """
+    text = "unknown score per frame, of head inference"
+    rows = [r for r in inference if r["depth"] == "latent" and r["batch"] == 1]
+    if not rows or "unknown_share" not in rows[0]:
+        return Target(text, "", "<=", 0.1, None, relative=True)
+    row = max(rows, key=lambda r: r["threads"])
+    where = f"latent, 1 frame, {row['threads']} thread(s)"
+    return Target(text, "", "<=", 0.1, row["unknown_share"], where, relative=True)
+
+
 def targets(result: Mapping[str, Any]) -> list[Target]:
     """The issue's targets, each with the figure of this run that answers it."""
     out: list[Target] = []
@@ -109,6 +126,7 @@ def targets(result: Mapping[str, Any]) -> list[Target]:
         value = float(best["fps"]) if best else None
         out.append(Target(text, "frames/s", ">=", limit, value, where))
     out += _learner_targets(result.get("learner", {}).get("updates", []))
+    out.append(_unknown_target(result.get("learner", {}).get("inference", [])))
     loop = result.get("loop", {})
     teach = loop.get("teach", {})
     out += [
