@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import socket
 import stat
 import threading
@@ -9,13 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from harness.classified import Classified
 
+from edge_cl.cli import main
 from edge_cl.device import control
+from edge_cl.device.classifier import Verdict
+from edge_cl.device.commands import unknown_threshold
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.control import MAX_CLIENTS, ControlError, ControlServer, send_command
 from edge_cl.device.loop import DeviceLoop
+from edge_cl.device.metrics import FrameMetrics
 from edge_cl.device.teach import TeachBuffer
 from edge_cl.learner.ar1 import AR1Star
 from firmware_bridge.sources import CapturedFrame, SyntheticScene
@@ -293,3 +300,71 @@ def test_a_stop_whose_frames_cannot_be_taken_leaves_the_teach_running(
     assert running.ctl("status")["teaching"] == "red cube"  # nothing collected was lost
     stop = running.ctl("stop", wait=True)
     assert stop["ok"] and stop["classes"] == ["red cube"], stop
+
+
+def teach(running: Running, obj: str) -> None:
+    """Show ``obj``, teach it over the socket from 10 frames of it, wait until it is learned."""
+    running.scene.show(obj)
+    running.classified.seeing(obj)
+    assert running.ctl("teach", label=obj)["ok"]
+    running.until_teach_frames(10)
+    assert running.ctl("stop", wait=True)["ok"]
+
+
+def test_unknown_accept_is_set_live_refused_when_bad_and_shown_in_status(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for obj in ("red cube", "blue ball"):
+        teach(running, obj)
+    status = running.ctl("status")
+    assert status["unknown_accept"] == 0.95 and status["background_label"] == "nothing"
+    before = status["unknown_threshold"]
+    for value in (0, 1.5, -1, "high", True, None):
+        refused = running.ctl("unknown-accept", value=value)
+        assert not refused["ok"] and "must be a number in (0, 1]" in refused["error"], refused
+    missing = running.ctl("unknown-accept")
+    assert not missing["ok"] and '"value": 0.9' in missing["error"]
+    assert running.ctl("status")["unknown_accept"] == 0.95  # nothing was changed
+    model = running.loop.classifier.learner
+
+    assert main(["ctl", "unknown-accept", "0.5", "--socket", str(running.path)]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["ok"] and reply["unknown_accept"] == 0.5
+    assert running.loop.classifier.learner is not model  # recalibrated, swapped in whole
+    assert reply["unknown_threshold"] == unknown_threshold(running.loop.classifier.learner)
+    assert reply["unknown_threshold"] is not None and reply["unknown_threshold"] != before
+    status = running.ctl("status")
+    assert (
+        status["unknown_accept"] == 0.5
+        and status["unknown_threshold"] == reply["unknown_threshold"]
+    )
+    assert status["classes"] == ["red cube", "blue ball"]  # what was learned is kept
+
+    assert main(["ctl", "unknown-accept", "lots", "--socket", str(running.path)]) == 2
+    assert "needs a number in (0, 1], got 'lots'" in capsys.readouterr().err
+    assert main(["ctl", "unknown-accept", "2", "--socket", str(running.path)]) == 1
+    assert "must be a number in (0, 1]" in json.loads(capsys.readouterr().out)["error"]
+    assert running.ctl("status")["unknown_accept"] == 0.5
+
+
+def test_the_log_line_and_the_predict_reply_say_unknown_not_the_best_guess(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = FrameMetrics()
+    metrics.start_interval(0.0)
+    frame = CapturedFrame(np.zeros((2, 2, 3), np.uint8), 0.0, 0, "pen")
+    lines = []
+    for verdict in (
+        Verdict("cup", 0.41, True),
+        Verdict("nothing", 0.97, False, empty=True),
+        Verdict("cup", 0.93, False),
+    ):
+        metrics.record(frame, verdict, 40.0, 1.0, False, ["cup", "nothing"])
+        with caplog.at_level(logging.INFO, logger="edge_cl.device"):
+            metrics.log_line(2.0, "idle", 2)
+        lines.append(caplog.records[-1].getMessage().split(" | ")[0])
+        latest = metrics.latest
+        assert latest is not None and latest["verdict"] == lines[-1]
+        assert (latest["unknown"], latest["empty"]) == (verdict.unknown, verdict.empty)
+    assert lines == ["unknown (best guess cup 0.41)", "nothing in view", "cup 0.93"]
+    assert metrics.summary(2.0)["unknown"] == 1 and metrics.summary(2.0)["nothing_in_view"] == 1

@@ -63,6 +63,7 @@ def test_defaults_without_a_file() -> None:
     assert (config.teach_max_frames, config.teach_target_frames) == (120, 30)
     assert (config.learner, config.cut, config.learner_options) == ("ar1", "latent", {})
     assert config.learner_options == {}
+    assert (config.unknown_accept, config.background_label) == (0.95, "nothing")
 
 
 def test_socket_path_follows_xdg_runtime_dir(
@@ -80,6 +81,7 @@ def test_the_shipped_example_is_valid() -> None:
     assert config.state_dir == Path("/var/lib/edge-cl")
     assert config.control_socket == Path("/run/edge-cl/control.sock")
     assert (config.learner, config.cut) == ("ar1", "latent")
+    assert (config.unknown_accept, config.background_label) == (0.95, "nothing")  # the defaults
     options = {"replay_mb": 8.0, "replay_per_epoch": 512, "replay_grid": False, "epochs": 4}
     assert config.learner_options == options
     changed = load_config(REPO / "deploy" / "edge-cl.toml", {"learner.replay_mb": "4"})
@@ -206,6 +208,8 @@ def test_options_are_checked_when_a_config_is_built_in_python() -> None:
         ('runtime = "tensorrt"\n', {}, "runtime = 'tensorrt': choose one of"),
         ("", {"teach_target_frames": "200"}, "teach_target_frames = 200: must be <="),
         ("", {"unknown_accept": "1.5"}, r"unknown_accept = 1.5: must be in \(0, 1\]"),
+        ('background_label = ""\n', {}, "background_label = '': a label must have 1 to 64"),
+        ("", {"background_label": "a\tb"}, r"background_label = 'a\\tb'.*control characters"),
         ("", {"fps": "nan"}, "fps = 'nan'.*finite"),
         ("loop = 3\n", {}, "loop = 3.*true or false"),
         ("capture_size = [640]\n", {}, "capture_size.*WIDTHxHEIGHT"),

@@ -5,6 +5,7 @@ restart, a missing camera, and no network socket anywhere."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.classified import Classified
 
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.control import ControlError, send_command
@@ -557,3 +559,59 @@ def test_corrupt_checkpoint_is_moved_aside_and_the_loop_starts(tmp_path: Path) -
     assert json.loads(result.stdout)["resumed"].startswith("unusable checkpoint moved to")
     assert (tmp_path / "learner.ckpt.corrupt").read_bytes().startswith(b"EDGECLCK")
     assert preview.read_bytes()[:2] == b"\xff\xd8"  # an annotated JPEG frame
+
+
+def shows(mcu: Emulator, text: str) -> bool:
+    """Whether the MCU's display starts with ``text``."""
+    return mcu.display.startswith(text)
+
+
+def test_nothing_in_view_is_taught_as_a_class_and_said_everywhere(tmp_path: Path) -> None:
+    """``teach nothing`` from the MCU's button with the empty scene in view: afterwards the empty
+    scene is "nothing in view" on the MCU's display (PREDICTION flag bit 1), in ``predict`` and
+    ``status``, and counted in the summary; an object in view is still named. ncm keeps no replay
+    memory, so nothing is ever flagged unknown and each answer is the best class."""
+    sock = tmp_path / "c.sock"
+    scene = SyntheticScene(size=(160, 120), fps=30)
+    classified = Classified()
+    with Emulator.over_pty() as mcu:
+        mcu.start()
+        config = DeviceConfig(
+            state_dir=tmp_path, control_socket=sock, serial=mcu.device_path, learner="ncm"
+        )
+        loop = DeviceLoop(config, scene, observer=classified)
+        summary: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: summary.update(loop.run()))
+        thread.start()
+        try:
+            assert mcu.connect(WAIT), "the host never said HELLO"
+            for obj in (None, "red cube"):  # the empty scene first, taught as "nothing"
+                scene.show(obj)
+                classified.seeing(obj, WAIT)
+                assert isinstance(mcu.teach_start(obj or "nothing"), Ack)
+                classified.until(lambda: loop.status()["teach_frames"] >= 10, WAIT)
+                assert isinstance(mcu.teach_stop(), Ack)
+                assert loop.worker.wait_idle(WAIT)
+            said: dict[str | None, tuple[dict[str, Any], dict[str, Any]]] = {}
+            for obj, expected in ((None, "nothing in view"), ("red cube", "red cube ")):
+                scene.show(obj)
+                classified.seeing(obj, WAIT)
+                until(functools.partial(shows, mcu, expected), f"the MCU shows {expected!r}")
+                said[obj] = send_command(sock, {"cmd": "predict"}), loop.status()
+        finally:
+            loop.request_stop()
+            thread.join(WAIT)
+    empty, status = said[None]
+    assert (empty["verdict"], empty["empty"], empty["unknown"]) == ("nothing in view", True, False)
+    assert empty["label"] == "nothing" and empty["truth"] is None
+    assert (status["verdict"], status["empty"]) == ("nothing in view", True)
+    cube, status = said["red cube"]
+    assert cube["empty"] is False and cube["verdict"].startswith("red cube ")
+    assert status["empty"] is False and status["classes"] == ["nothing", "red cube"]
+    shown = mcu.shown
+    assert shown["nothing_in_view"] > 0 and shown["unknown"] < shown["predictions"]
+    flags = [
+        (r["unknown"], r["empty"], r["label"]) for r in mcu.records if r["type"] == "PREDICTION"
+    ]
+    assert (False, True, "nothing") in flags and not any(u and e for u, e, _ in flags)
+    assert summary["nothing_in_view"] > 0 and summary["classes"] == ["nothing", "red cube"]

@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import tty
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,8 +157,35 @@ def test_host_and_emulator_over_a_real_pty(
             "confidence": 0.875,
             "unknown": False,
             "latency_ms": 41,
+            "empty": False,
         }
     ]
+    assert mcu.display == "cup 0.88"
+    assert mcu.shown == {"predictions": 1, "unknown": 0, "nothing_in_view": 0}
+
+
+def test_the_display_says_unknown_and_nothing_in_view_never_the_label_alone(
+    mcu: Emulator, port: serial.Serial
+) -> None:
+    """Each PREDICTION the host sends over the pty is shown as firmware would and counted."""
+    mcu.start()
+    host = SerialLink(port)
+    assert mcu.display == "-"
+    shown = [
+        (Prediction("cup", 0.93, latency_ms=40), "cup 0.93"),
+        (Prediction("cup", 0.41, unknown=True), "unknown (best guess cup 0.41)"),
+        (Prediction("", 0.0, unknown=True), "unknown"),
+        (Prediction("nothing", 0.875, empty=True), "nothing in view"),
+    ]
+    for count, (prediction, text) in enumerate(shown, start=1):
+        host.send(prediction)
+        deadline = time.monotonic() + 10
+        while mcu.shown["predictions"] < count:  # the emulator's reader thread counts it
+            assert time.monotonic() < deadline, f"the emulator never got {prediction}"
+            threading.Event().wait(0.01)
+        assert mcu.display == text
+    assert mcu.shown == {"predictions": 4, "unknown": 2, "nothing_in_view": 1}
+    assert mcu.summary()["shown"] == mcu.shown
 
 
 def test_unanswered_request_is_resent_with_the_same_seq(tmp_path: Path) -> None:
@@ -256,6 +285,7 @@ def test_emulator_as_a_process(tmp_path: Path) -> None:
     ]
     summary = json.loads(out.splitlines()[-1])
     assert summary["timeouts"] == 0 and summary["decoder"]["frames"] == summary["received"]
+    assert summary["shown"] == {"predictions": 1, "unknown": 0, "nothing_in_view": 0}
     records = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()]
     received = [r["type"] for r in records if r["dir"] == "rx"]
     assert received[:1] == ["HELLO"] and received.count("ACK") == 5

@@ -103,6 +103,7 @@ EXAMPLES: list[Message] = [
     Forget("coffee mug"),
     Prediction("cup", 0.5, latency_ms=12),
     Prediction("", 0.0, unknown=True),
+    Prediction("nothing", 0.875, latency_ms=40, empty=True),
     Prediction("z" * 64, 1.0, latency_ms=65535),
     Status(LearnerState.SAVING, 65535, 2**32 - 1),
     Status(LearnerState.IDLE),
@@ -132,7 +133,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.just(TeachStop()),
     st.just(Save()),
     st.builds(Forget, labels),
-    st.builds(Prediction, labels, confidences, st.just(False), u16),
+    st.builds(Prediction, labels, confidences, st.just(False), u16, st.booleans()),
     st.builds(Prediction, texts(0, 64), confidences, st.just(True), u16),
     st.builds(Status, st.sampled_from(LearnerState), u16, u32),
 )
@@ -289,6 +290,12 @@ INVALID = [
         r"latency_ms must be an integer in \[0, 65535\]",
     ),
     (lambda: Prediction("cup", 0.5, unknown=1), "unknown must be a bool"),
+    (lambda: Prediction("nothing", 0.5, empty=1), "empty must be a bool"),
+    (
+        lambda: Prediction("nothing", 0.5, unknown=True, empty=True),
+        "unknown and empty may not both be set",
+    ),
+    (lambda: Prediction("", 0.5, empty=True), "label must not be empty"),
     (lambda: Status(1), "state must be a LearnerState"),
     (lambda: Status(LearnerState.IDLE, 65536), "num_classes"),
     (lambda: Status(LearnerState.IDLE, -1), "num_classes"),
@@ -331,6 +338,34 @@ def test_vector(vector: dict[str, Any]) -> None:
     assert cobs.decode(frame[:-1]) == bytes.fromhex(vector["raw"])
     assert decode_frame(frame) == Frame(vector["seq"], message)
     assert to_dict(message) == vector["message"]
+
+
+def test_prediction_vectors_cover_each_flag_and_their_bits() -> None:
+    """A seen label, unknown (bit 0) and nothing in view (bit 1), each a vector of its own, and
+    a frame with both bits among the rejects."""
+    flags = {}
+    for vector in VECTORS:
+        if vector["message"]["type"] == "PREDICTION":
+            message = from_dict(vector["message"])
+            assert isinstance(message, Prediction)
+            flags[vector["name"]] = (
+                bytes.fromhex(vector["raw"])[5 + 6],
+                message.unknown,
+                message.empty,
+            )
+    assert flags == {
+        "prediction": (0x00, False, False),
+        "prediction_unknown": (0x01, True, False),
+        "prediction_empty": (0x02, False, True),
+    }
+    (both,) = (v for v in REJECTS if v["name"] == "unknown_and_empty")
+    assert cobs.decode(bytes.fromhex(both["frame"])[:-1])[5 + 6] == 0x03
+
+
+def test_reserved_prediction_flag_bits_are_ignored_on_receipt() -> None:
+    body = bytes([1, 0, 0, MsgType.PREDICTION, 11]) + struct.pack("<fHB", 0.5, 7, 0xFE) + b"\x03cup"
+    decoded = decode_frame(wire(body)).message
+    assert decoded == Prediction("cup", 0.5, latency_ms=7, empty=True)  # bit 1 alone counts
 
 
 def test_worked_example_is_the_teach_start_vector() -> None:

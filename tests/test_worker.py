@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+import math
 import threading
 import time
 from dataclasses import replace
@@ -10,9 +12,17 @@ import numpy as np
 import pytest
 
 from edge_cl.device.classifier import Classifier, Verdict, new_learner, resume_learner
+from edge_cl.device.commands import unknown_threshold
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.state import DeviceState
-from edge_cl.device.worker import MAX_QUEUED_UPDATES, JobResult, LearnerWorker, WorkerBusy
+from edge_cl.device.worker import (
+    MAX_QUEUED_UPDATES,
+    JobResult,
+    LearnerWorker,
+    WorkerBusy,
+    recalibrate,
+)
+from edge_cl.errors import ConfigError
 from edge_cl.extractor.manifest import Manifest
 from edge_cl.images import read_image
 from edge_cl.learner.ar1 import AR1Star
@@ -152,13 +162,74 @@ def test_forget_and_save_write_the_checkpoint(
         for obj in OBJECTS[:3]:
             worker.learn(obj, latents[obj][:30])
         assert worker.wait_idle(120)
-        assert classifier.learner.config.unknown_threshold > 0  # calibrated on replay
+        assert unknown_threshold(classifier.learner) not in (None, 0.0)  # calibrated on replay
         forgot = worker.forget("obj11").result(60)
         assert forgot.ok and forgot.classes == ("obj3", "obj25")
         assert AR1Star.load(checkpoint).classes_ == ["obj3", "obj25"]
         checkpoint.unlink()
         saved = worker.save().result(60)
     assert saved.ok and saved.checkpoint_bytes == checkpoint.stat().st_size
+
+
+def test_unknown_accept_is_set_live_and_recalibrates_a_copy(
+    classifier: Classifier, latents: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """A bad value is refused before anything is queued; a good one recalibrates on the
+    worker's thread, swaps in a new model, checkpoints it, and later updates calibrate with it."""
+    checkpoint = tmp_path / "learner.ckpt"
+    probe = np.concatenate([latents[o][30:] for o in OBJECTS])
+    with LearnerWorker(classifier, checkpoint, unknown_accept=0.95) as worker:
+        for obj in OBJECTS[:2]:
+            worker.learn(obj, latents[obj][:30])
+        assert worker.wait_idle(120)
+        before = classifier.learner
+        for bad in (0, 0.0, -0.5, 1.5, math.nan, True, "0.9", None):
+            with pytest.raises(ConfigError, match=r"must be a number in \(0, 1\]"):
+                worker.set_unknown_accept(bad)  # type: ignore[arg-type]
+        assert worker.unknown_accept == 0.95 and not worker.busy
+        assert classifier.learner is before  # nothing changed
+        result = worker.set_unknown_accept(0.5).result(60)
+        assert result.ok and result.job == "recalibrate" and result.classes == tuple(OBJECTS[:2])
+        assert worker.unknown_accept == 0.5
+        after = classifier.learner
+        assert after is not before and after.classes_ == before.classes_
+        expected = copy.deepcopy(before)  # what calibrating the model in use at 0.5 gives
+        recalibrate(expected, 0.5)
+        threshold = unknown_threshold(after)
+        assert threshold is not None and threshold == unknown_threshold(expected)
+        assert unknown_threshold(load_learner(checkpoint)) == threshold  # checkpointed
+        flagged = sum(v.unknown for v in classifier.predict(probe))
+        worker.learn(OBJECTS[2], latents[OBJECTS[2]][:30]).result(60)
+    assert flagged >= int(np.sum(before.predict_with_confidence(probe)[2]))  # fewer pass at 0.5
+    assert worker.unknown_accept == 0.5  # a later update keeps the new value
+
+
+def test_re_teaching_calibrates_on_the_views_scored_before_learning(
+    classifier: Classifier, latents: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """Once a known object is taught again, the threshold comes from the novelty of its new
+    views scored before they were learned (not from replay); ``unknown_accept`` 1 removes it."""
+    with LearnerWorker(classifier, tmp_path / "learner.ckpt", unknown_accept=0.9) as worker:
+        for obj in OBJECTS[:2]:
+            worker.learn(obj, latents[obj][:18]).result(60)
+        model = classifier.learner
+        assert isinstance(model, AR1Star) and len(model.novelty_scores) == 0
+        on_replay = model.config.novelty_threshold
+        assert on_replay is not None  # no teaching scores yet: calibrated on replay
+        assert worker.learn(OBJECTS[0], latents[OBJECTS[0]][18:]).result(60).ok
+        model = classifier.learner
+        assert isinstance(model, AR1Star) and len(model.novelty_scores) == 18
+        assert model.config.novelty_threshold is not None  # fewer than 32 scores: replay still
+        assert worker.learn(OBJECTS[1], latents[OBJECTS[1]][18:]).result(60).ok
+        model = classifier.learner
+        assert isinstance(model, AR1Star) and len(model.novelty_scores) == 36
+        expected = float(np.quantile(model.novelty_scores.astype(np.float64), 0.9))
+        assert model.config.novelty_threshold == expected
+        assert worker.set_unknown_accept(1.0).result(60).ok
+    model = classifier.learner
+    assert isinstance(model, AR1Star) and model.config.novelty_threshold is None
+    probe = np.concatenate([latents[o] for o in OBJECTS])
+    assert not any(v.unknown for v in classifier.predict(probe))  # 1: nothing is unknown
 
 
 def test_checkpoint_write_failure_is_reported(

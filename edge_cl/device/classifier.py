@@ -41,14 +41,37 @@ RESUMED_OPTIONS = ("epochs", "replay_per_epoch")
 schedule); everything else stays as the checkpoint was made."""
 
 
+NOTHING_IN_VIEW = "nothing in view"
+"""What the device says when the answer is the background class (``background_label``)."""
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """One frame's answer: ``label`` (None before anything is learned), its probability, and
-    whether it fell below the unknown threshold."""
+    """One frame's answer: ``label`` (None before anything is learned), its probability,
+    whether it fell below the unknown threshold (``label`` is then the best guess), and whether
+    it is the background class, taught with nothing in view (``empty``: never with ``unknown``).
+
+    >>> Verdict("cup", 0.93, False).text(), Verdict("cup", 0.412, True).text()
+    ('cup 0.93', 'unknown (best guess cup 0.41)')
+    >>> Verdict("nothing", 0.97, False, empty=True).text(), Verdict(None, 0.0, True).text()
+    ('nothing in view', 'nothing learned yet')
+    """
 
     label: Label | None
     confidence: float
     unknown: bool
+    empty: bool = False
+
+    def text(self) -> str:
+        """What the device says, for people (log line, preview, replies, the demo): the label
+        and its confidence, ``unknown (best guess ...)``, or ``nothing in view``."""
+        if self.label is None:
+            return "nothing learned yet"
+        if self.unknown:
+            return f"unknown (best guess {self.label} {self.confidence:.2f})"
+        if self.empty:
+            return NOTHING_IN_VIEW
+        return f"{self.label} {self.confidence:.2f}"
 
 
 def new_learner(config: DeviceConfig, extractor_sha256: str, manifest: Manifest) -> Learner:
@@ -183,13 +206,22 @@ class Classifier:
     >>> clf = Classifier.open(config)
     >>> x = clf.latents([np.zeros((240, 320, 3), np.uint8)])
     >>> x.shape, clf.predict(x)
-    ((1, 4, 4, 320), [Verdict(label=None, confidence=0.0, unknown=True)])
+    ((1, 4, 4, 320), [Verdict(label=None, confidence=0.0, unknown=True, empty=False)])
     """
 
-    def __init__(self, extractor: Extractor, learner: Learner, resumed: str = "") -> None:
+    def __init__(
+        self,
+        extractor: Extractor,
+        learner: Learner,
+        resumed: str = "",
+        *,
+        background_label: str | None = None,
+    ) -> None:
         self.extractor = extractor
         self.resumed = resumed
         """What happened to the checkpoint at start (new, resumed, moved aside)."""
+        self.background_label = background_label
+        """The class taught with nothing in view (None: none); its verdicts are ``empty``."""
         self._learner = learner
         self._lock = threading.Lock()
 
@@ -211,7 +243,7 @@ class Classifier:
         )
         r = extractor.resolution
         extractor.frames([np.zeros((r, r, 3), np.uint8)])
-        return cls(extractor, learner, resumed)
+        return cls(extractor, learner, resumed, background_label=config.background_label)
 
     @property
     def learner(self) -> Learner:
@@ -231,12 +263,15 @@ class Classifier:
         return self.extractor.frames(list(frames))
 
     def predict(self, latents: np.ndarray) -> list[Verdict]:
-        """One verdict per pattern, from the model in use when the call starts."""
+        """One verdict per pattern, from the model in use when the call starts; ``empty`` where
+        the answer is ``background_label`` and not unknown (an unfamiliar sight whose best
+        guess is the empty scene is unknown, not empty)."""
         learner = self.learner
         if not learner.classes_:
             return [Verdict(None, 0.0, True) for _ in range(len(latents))]
         labels, conf, unknown = learner.predict_with_confidence(latents)
+        background = self.background_label
         return [
-            Verdict(label, float(c), bool(u))
+            Verdict(label, float(c), bool(u), empty=not u and str(label) == background)
             for label, c, u in zip(labels, conf, unknown, strict=True)
         ]

@@ -10,10 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from edge_cl.device.config import detect_camera, load_config, parse_assignments
-from edge_cl.errors import LabelError
+from edge_cl.errors import ConfigError, LabelError
 from edge_cl.learner.registry import DEFAULT_LEARNER, LEARNERS
 
-CONTROL_COMMANDS = ("teach", "stop", "status", "predict", "save", "forget", "labels")
+CONTROL_COMMANDS = (
+    "teach",
+    "stop",
+    "status",
+    "predict",
+    "save",
+    "forget",
+    "labels",
+    "unknown-accept",
+)
 
 
 def _logging(level: int) -> None:
@@ -83,12 +92,20 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     """Send one command to a running ``edge-cl run`` over its control socket."""
     from edge_cl.device.control import send_command
 
-    if args.cmd in ("teach", "forget") and not args.label:
+    if args.cmd in ("teach", "forget") and not args.argument:
         raise LabelError(f"edge-cl ctl {args.cmd} needs a LABEL: edge-cl ctl {args.cmd} cup")
-    path = args.socket or load_config(args.config, parse_assignments(args.set)).socket_path
     request: dict[str, Any] = {"cmd": args.cmd}
-    if args.label:
-        request["label"] = args.label
+    if args.cmd == "unknown-accept":
+        try:
+            request["value"] = float(args.argument)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"edge-cl ctl unknown-accept needs a number in (0, 1], got {args.argument!r}: "
+                "edge-cl ctl unknown-accept 0.9"
+            ) from None
+    elif args.argument:
+        request["label"] = args.argument
+    path = args.socket or load_config(args.config, parse_assignments(args.set)).socket_path
     if args.wait:
         request["wait"] = True
     reply = send_command(path, request, timeout=args.timeout)
@@ -142,7 +159,14 @@ def add_device_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
     ctl = sub.add_parser("ctl", help=cmd_ctl.__doc__, description=cmd_ctl.__doc__)
     ctl.add_argument("cmd", choices=CONTROL_COMMANDS)
-    ctl.add_argument("label", nargs="?", default=None, help="for teach and forget")
+    ctl.add_argument(
+        "argument",
+        nargs="?",
+        default=None,
+        metavar="LABEL|VALUE",
+        help="the label of teach and forget; the share of taught views that pass, for "
+        "unknown-accept (0 < VALUE <= 1)",
+    )
     ctl.add_argument("--socket", type=Path, default=None, help="default: from the config")
     ctl.add_argument("--config", type=Path, default=None, help="TOML file naming the socket")
     ctl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

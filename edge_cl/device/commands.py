@@ -7,18 +7,21 @@ same refusals: the socket hears an error reply, the MCU a NACK with its reason.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from edge_cl.device.classifier import Classifier
+from edge_cl.device.config import check_unknown_accept
 from edge_cl.device.control import Handler
 from edge_cl.device.metrics import FrameMetrics
 from edge_cl.device.teach import TeachError, TeachSession
 from edge_cl.device.worker import LearnerWorker, WorkerBusy
-from edge_cl.errors import EdgeClError, LabelError
+from edge_cl.errors import ConfigError, EdgeClError, LabelError
 from edge_cl.learner.labels import Label
+from edge_cl.learner.protocol import Learner
 from firmware_bridge.protocol import (
     ErrorCode,
     Forget,
@@ -51,9 +54,26 @@ def known_label(classes: Sequence[Label], label: str) -> Label | None:
     return None
 
 
+def unknown_threshold(model: Learner) -> float | None:
+    """The threshold ``model`` flags unknown below, where it shows one (``novelty_threshold``
+    or ``unknown_threshold``, on its ``config`` or itself), else None.
+
+    >>> from edge_cl.learner.baselines import NearestClassMean
+    >>> unknown_threshold(NearestClassMean(unknown_threshold=0.25)), unknown_threshold(object())
+    (0.25, None)
+    """
+    for holder in (getattr(model, "config", None), model):
+        for name in ("novelty_threshold", "unknown_threshold"):
+            value = getattr(holder, name, None)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value) if math.isfinite(value) else None
+    return None
+
+
 class Commands:
-    """Teach, stop, save, forget and the queries, for the control socket (:meth:`handlers`)
-    and the MCU (:meth:`on_mcu`). ``status`` answers the ``status`` command; ``report`` sends
+    """Teach, stop, save, forget, unknown-accept and the queries, for the control socket
+    (:meth:`handlers`) and the MCU (:meth:`on_mcu`; the protocol has no unknown-accept).
+    ``status`` answers the ``status`` command; ``report`` sends
     the MCU an ERROR (a TEACH_STOP that had no frame to learn from).
 
     >>> import tempfile
@@ -96,7 +116,8 @@ class Commands:
         self.report = report
 
     def handlers(self) -> dict[str, Handler]:
-        """The control socket's commands: teach, stop, status, predict, save, forget, labels."""
+        """The control socket's commands: teach, stop, status, predict, save, forget, labels,
+        unknown-accept."""
         return {
             "teach": self._teach,
             "stop": self._stop,
@@ -105,6 +126,7 @@ class Commands:
             "save": self._save,
             "forget": self._forget,
             "labels": lambda request: {"labels": self.classifier.learner.classes_},
+            "unknown-accept": self._unknown_accept,
         }
 
     def on_mcu(self, message: Message) -> int | None:
@@ -170,6 +192,22 @@ class Commands:
         if not result.ok:
             raise JobFailed(str(result.error))
         return {"checkpoint": str(self.checkpoint), "bytes": result.checkpoint_bytes}
+
+    def _unknown_accept(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Set ``unknown_accept`` to ``request["value"]`` and recalibrate now; the new value
+        and the threshold it gave (None where the learner shows none)."""
+        if "value" not in request:
+            raise ConfigError(
+                'unknown-accept needs a value in (0, 1]: {"cmd": "unknown-accept", "value": 0.9}'
+            )
+        accept = check_unknown_accept(request["value"])
+        result = self.worker.set_unknown_accept(accept).result(JOB_TIMEOUT)
+        if not result.ok:
+            raise JobFailed(f"recalibrating with unknown_accept {accept} failed: {result.error}")
+        return {
+            "unknown_accept": accept,
+            "unknown_threshold": unknown_threshold(self.classifier.learner),
+        }
 
     def _forget(self, request: dict[str, Any]) -> dict[str, Any]:
         name = request.get("label")

@@ -26,8 +26,9 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any
 
-from edge_cl.errors import ConfigError
+from edge_cl.errors import ConfigError, LabelError
 from edge_cl.extractor import RUNTIME_FORMATS
+from edge_cl.learner.labels import check_label
 from edge_cl.learner.registry import (
     DEFAULT_LEARNER,
     LEARNERS,
@@ -48,6 +49,26 @@ MAX_CAPTURE_SIDE = 8192
 """Upper bounds of the numeric keys: beyond them a setting is a typo, not a device."""
 MOVED_KEYS = ("replay_mb", "replay_per_epoch", "replay_grid", "epochs")
 """Flat keys of earlier versions, now options of the learner (``learner.KEY``)."""
+
+
+def check_unknown_accept(value: object) -> float:
+    """``value`` as an ``unknown_accept``: a number in (0, 1]; ``ConfigError`` otherwise.
+
+    >>> check_unknown_accept(0.9), check_unknown_accept(1)
+    (0.9, 1.0)
+    >>> check_unknown_accept(0)
+    Traceback (most recent call last):
+    ...
+    edge_cl.errors.ConfigError: unknown_accept = 0: must be a number in (0, 1] (the share of \
+taught patterns that pass; 1: never unknown)
+    """
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if number is None or not math.isfinite(number) or not 0.0 < number <= 1.0:
+        raise ConfigError(
+            f"unknown_accept = {value!r}: must be a number in (0, 1] (the share of taught "
+            "patterns that pass; 1: never unknown)"
+        )
+    return float(number)
 
 
 def default_runtime() -> str:
@@ -95,10 +116,16 @@ class DeviceConfig:
     - ``teach_max_frames``: latents kept while teach is held (evenly thinned beyond it);
       ``teach_target_frames``: how many of them one learned batch takes, evenly spaced.
     - ``unknown_accept``: after each update the unknown threshold is set so that this fraction
-      of the replayed (taught) patterns passes; 1.0 never says unknown. New views of taught
-      objects are a little harder than the taught patterns, so somewhat more of them are
-      flagged than ``1 - unknown_accept``. Learners without a replay memory keep the
-      ``unknown_threshold`` option they were given (default 0: never unknown).
+      of views of taught objects passes; 1.0 never says unknown. AR1* calibrates on the views
+      of re-taught objects, scored before they were learned, once it has 32 of them; until
+      then on replayed patterns, which look more familiar than new views, so somewhat more new
+      views are flagged than ``1 - unknown_accept``. Learners keeping neither keep the
+      ``unknown_threshold`` option they were given (default 0: never unknown). Changed on the
+      running device by ``edge-cl ctl unknown-accept 0.9``, which recalibrates at once.
+    - ``background_label``: the class taught with nothing in view (``edge-cl ctl teach
+      nothing`` before the empty scene); when it is the answer, and not unknown, the device
+      says "nothing in view" (the verdict's ``empty``, the PREDICTION frame's flag bit 1).
+      Until that label is taught it never is the answer.
     - ``state_dir``: holds the checkpoint (``learner.ckpt``); ``control_socket``: the Unix socket
       (default ``$XDG_RUNTIME_DIR/edge-cl.sock``, else ``state_dir/control.sock``).
     - ``serial``, ``baudrate``: the companion MCU (a device path or a pyserial URL; None: none);
@@ -129,7 +156,8 @@ class DeviceConfig:
     learning_fps: float = 5.0
     teach_max_frames: int = 120
     teach_target_frames: int = 30
-    unknown_accept: float = 0.99
+    unknown_accept: float = 0.95
+    background_label: str = "nothing"
     state_dir: Path = field(default_factory=default_state_dir)
     control_socket: Path | None = None
     serial: str | None = None
@@ -169,6 +197,10 @@ class DeviceConfig:
             f"must be <= teach_max_frames ({self.teach_max_frames})",
         )
         need(0.0 < self.unknown_accept <= 1.0, "unknown_accept", "must be in (0, 1]")
+        try:
+            check_label(self.background_label)
+        except LabelError as e:
+            raise ConfigError(f"background_label = {self.background_label!r}: {e}") from e
         need(self.learning_fps >= 0, "learning_fps", "must be >= 0 (0: no limit)")
         for key in ("prediction_hz", "log_interval", "preview_fps"):
             need(getattr(self, key) > 0, key, "must be > 0")

@@ -5,7 +5,9 @@ objects with ``--source``), the MCU emulator on a real pseudo-terminal, and the
 :class:`~edge_cl.device.loop.DeviceLoop` reading the scene and talking to the emulator over
 that terminal as it would to a real MCU. A driver thread shows each object in turn, holds the
 emulated teach button, then checks what the device predicts, and finally cycles through all
-objects: accuracy is printed after every phase.
+taught objects and :data:`NEVER_TAUGHT` objects of the scene it never taught: accuracy is
+printed after every phase, the taught objects (right when named) and the never-taught ones
+(right only when the device says "unknown") apart and together.
 """
 
 from __future__ import annotations
@@ -18,18 +20,17 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
-from edge_cl.device.classifier import Verdict
+from edge_cl.device.classifier import NOTHING_IN_VIEW, Verdict
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.loop import DeviceLoop
 from edge_cl.errors import DatasetError, LabelError
 from edge_cl.learner.registry import DEFAULT_LEARNER
 from firmware_bridge.emulator import Emulator
-from firmware_bridge.protocol import Prediction
 from firmware_bridge.sources import (
     DEFAULT_OBJECTS,
     IMAGE_EXTENSIONS,
@@ -40,6 +41,11 @@ from firmware_bridge.sources import (
 )
 
 DEMO_FPS = 15.0
+NEVER_TAUGHT = 2
+"""Objects of the scene the demo never teaches, shown in its test phase."""
+NEVER_TAUGHT_SYNTHETIC = ("orange cross", "cyan diamond", "pink ring")
+"""The rendered scene's never-taught objects: the first :data:`NEVER_TAUGHT` of these not
+taught (a colour and a shape, as ``DEFAULT_OBJECTS``)."""
 
 
 def _natural(path: Path) -> list[Any]:
@@ -97,20 +103,72 @@ def _filelist_objects(listing: Path, root: Path) -> dict[str, list[Path]]:
     return out
 
 
+class Seen(NamedTuple):
+    """One frame of a phase: what was in view (``truth``), what the device said (``answer``,
+    as :func:`answer`) and whether it said unknown."""
+
+    truth: str
+    answer: str
+    unknown: bool
+
+
+def answer(verdict: Verdict) -> str:
+    """The device's answer in one word or name: ``unknown``, ``nothing in view``, the label,
+    or ``?`` before anything is learned (never the best guess of an unknown verdict).
+
+    >>> answer(Verdict("cup", 0.4, True)), answer(Verdict("cup", 0.9, False))
+    ('unknown', 'cup')
+    """
+    if verdict.label is None:
+        return "?"
+    if verdict.unknown:
+        return "unknown"
+    return NOTHING_IN_VIEW if verdict.empty else str(verdict.label)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A phase's frames right and in all: of taught objects (right: named) and of never-taught
+    ones (right: said unknown)."""
+
+    taught: tuple[int, int]
+    never_taught: tuple[int, int]
+
+    @property
+    def total(self) -> tuple[int, int]:
+        """Both together."""
+        return self.taught[0] + self.never_taught[0], self.taught[1] + self.never_taught[1]
+
+
+def share(hits: int, frames: int) -> float | None:
+    """``hits / frames``, None without frames."""
+    return hits / frames if frames else None
+
+
+def percent(hits: int, frames: int) -> str:
+    """``hits / frames`` as a whole percentage, ``-`` without frames.
+
+    >>> percent(5, 6), percent(0, 0)
+    ('83%', '-')
+    """
+    return f"{100 * hits / frames:.0f}%" if frames else "-"
+
+
 @dataclass
 class Tally:
     """Verdicts of the frames seen while a phase is open, by truth (thread-safe)."""
 
     phase: str | None = None
-    rows: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
+    rows: dict[str, list[Seen]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def observe(self, frame: CapturedFrame, verdict: Verdict) -> None:
-        """The loop's observer: record ``(truth, label)`` in the open phase."""
+        """The loop's observer: record what was in view and what the device said, in the open
+        phase."""
         with self.lock:
             if self.phase is not None and frame.truth is not None:
-                label = None if verdict.label is None else str(verdict.label)
-                self.rows.setdefault(self.phase, []).append((frame.truth, label))
+                seen = Seen(frame.truth, answer(verdict), verdict.unknown)
+                self.rows.setdefault(self.phase, []).append(seen)
 
     @contextlib.contextmanager
     def open(self, phase: str) -> Iterator[None]:
@@ -123,25 +181,36 @@ class Tally:
             with self.lock:
                 self.phase = None
 
-    def accuracy(self, phase: str) -> tuple[float, int]:
-        """Accuracy and frame count of ``phase``."""
+    def score(self, phase: str, never_taught: Collection[str]) -> Score:
+        """``phase``'s frames right and in all, the objects of ``never_taught`` apart.
+
+        >>> tally = Tally()
+        >>> tally.rows["test"] = [Seen("cup", "cup", False), Seen("cup", "unknown", True),
+        ...                       Seen("pen", "unknown", True), Seen("pen", "cup", False)]
+        >>> tally.score("test", {"pen"})
+        Score(taught=(1, 2), never_taught=(1, 2))
+        """
         with self.lock:
             rows = list(self.rows.get(phase, []))
-        hits = sum(truth == label for truth, label in rows)
-        return (hits / len(rows) if rows else 0.0), len(rows)
+        taught = [
+            r.answer == r.truth and not r.unknown for r in rows if r.truth not in never_taught
+        ]
+        flagged = [r.unknown for r in rows if r.truth in never_taught]
+        return Score((sum(taught), len(taught)), (sum(flagged), len(flagged)))
 
     def majority(self, phase: str, truth: str) -> str:
-        """What was mostly predicted for ``truth`` in ``phase``."""
+        """What the device mostly said for ``truth`` in ``phase``."""
         with self.lock:
-            labels = [label for t, label in self.rows.get(phase, []) if t == truth]
-        if not labels:
+            answers = [r.answer for r in self.rows.get(phase, []) if r.truth == truth]
+        if not answers:
             return "-"
-        label, count = Counter(labels).most_common(1)[0]
-        return f"{label or '?'} ({count}/{len(labels)})"
+        said, count = Counter(answers).most_common(1)[0]
+        return f"{said} ({count}/{len(answers)})"
 
 
 class Driver:
-    """Shows the objects, holds the emulated teach button, measures, prints."""
+    """Shows the objects, holds the emulated teach button, measures, prints. ``objects`` are
+    taught one by one; ``never_taught`` are only shown in the test phase."""
 
     def __init__(
         self,
@@ -151,10 +220,12 @@ class Driver:
         objects: tuple[str, ...],
         tally: Tally,
         *,
+        never_taught: tuple[str, ...] = (),
         teach_seconds: float,
         out: TextIO,
     ) -> None:
         self.loop, self.mcu, self.show, self.objects = loop, mcu, show, objects
+        self.never_taught = never_taught
         self.tally, self.teach_seconds, self.out = tally, teach_seconds, out
         self.phases: list[dict[str, Any]] = []
         self.error: BaseException | None = None
@@ -172,15 +243,6 @@ class Driver:
         finally:
             self.loop.request_stop("demo finished")
 
-    def _mcu_display(self) -> str:
-        for frame in reversed(self.mcu.received):
-            if isinstance(frame.message, Prediction):
-                p = frame.message
-                if not p.label:
-                    return "?"
-                return f"{p.label} {p.confidence:.2f}{' (unknown)' if p.unknown else ''}"
-        return "-"
-
     def _measure(
         self, phase: str, objects: tuple[str, ...], seconds: float, held_out: bool
     ) -> None:
@@ -188,10 +250,22 @@ class Driver:
             for obj in objects:
                 self.show(obj, held_out)
                 time.sleep(seconds)
-        accuracy, frames = self.tally.accuracy(phase)
-        self.phases.append({"phase": phase, "accuracy": round(accuracy, 4), "frames": frames})
+        score = self.tally.score(phase, self.never_taught)
+        (hits, frames), taught, flagged = score.total, score.taught, score.never_taught
+        self.phases.append(
+            {
+                "phase": phase,
+                "accuracy": round(share(hits, frames) or 0.0, 4),
+                "frames": frames,
+                "taught": {"accuracy": share(*taught), "frames": taught[1]},
+                "never_taught": {"flagged_unknown": share(*flagged), "frames": flagged[1]},
+            }
+        )
+        split = f"taught {percent(*taught)} of {taught[1]}"
+        if flagged[1]:
+            split += f", never taught flagged unknown {percent(*flagged)} of {flagged[1]}"
         seen = ", ".join(f"{o} -> {self.tally.majority(phase, o)}" for o in dict.fromkeys(objects))
-        self.say(f"  {phase}: accuracy {accuracy:.2f} over {frames} frames  [{seen}]")
+        self.say(f"  {phase}: {percent(hits, frames)} of {frames} frames ({split})  [{seen}]")
 
     def _script(self) -> None:
         if not self.loop.ready.wait(60) or not self.mcu.connect(10.0):
@@ -200,9 +274,7 @@ class Driver:
         for i, obj in enumerate(self.objects, start=1):
             self.show(obj, False)
             time.sleep(0.4)
-            self.say(
-                f"[{i}/{len(self.objects)}] showing {obj!r}; the MCU shows {self._mcu_display()}"
-            )
+            self.say(f"[{i}/{len(self.objects)}] showing {obj!r}; the MCU shows {self.mcu.display}")
             self.say(f"  holding the MCU's teach button for {self.teach_seconds:.1f} s")
             self.mcu.teach(obj, self.teach_seconds)
             worker.wait_idle(60)
@@ -212,12 +284,35 @@ class Driver:
                 f"  learned {teach['used']} of {teach['frames']} frames in "
                 f"{teach['update_s']:.2f} s "
                 f"({teach['latency_s']:.2f} s after the button came up); "
-                f"the MCU shows {self._mcu_display()}"
+                f"the MCU shows {self.mcu.display}"
             )
             self._measure(f"after teaching {i}", self.objects[:i], 0.7, True)
-        self.say("test: every object again, views not used for teaching")
-        self._measure("test", self.objects * 2, 1.0, True)
+        never = ", ".join(self.never_taught) or "none"
+        self.say(
+            "test: every object again, views not used for teaching, and objects never taught "
+            f"({never}), right only when the device says unknown"
+        )
+        self._measure("test", (*self.objects, *self.never_taught) * 2, 1.0, True)
         self.show(None, False)
+
+
+def scene_objects(
+    names: Collection[str], objects: int, seed: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The objects to teach (up to ``objects``) and the :data:`NEVER_TAUGHT` to hold back,
+    drawn from ``names`` with ``seed``; ``DatasetError`` if fewer than 2 would be taught.
+
+    >>> scene_objects(["a", "b", "c", "d", "e"], 2, seed=0)
+    (('d', 'e'), ('a', 'b'))
+    """
+    if len(names) < 2 + NEVER_TAUGHT:
+        raise DatasetError(
+            f"the demo needs at least {2 + NEVER_TAUGHT} objects, 2 to teach and {NEVER_TAUGHT} "
+            f"never taught; got {len(names)}: {sorted(names)}"
+        )
+    count = min(objects, len(names) - NEVER_TAUGHT)
+    picked = random.Random(seed).sample(sorted(names), count + NEVER_TAUGHT)
+    return tuple(sorted(picked[:count])), tuple(sorted(picked[count:]))
 
 
 def run_demo(
@@ -231,19 +326,22 @@ def run_demo(
     out: TextIO = sys.stdout,
 ) -> dict[str, Any]:
     """Run the demo (about a minute) with ``learner`` (a name of
-    :data:`edge_cl.learner.registry.LEARNERS`, on the features it eats); returns the loop's
-    summary plus the phases' accuracy."""
+    :data:`edge_cl.learner.registry.LEARNERS`, on the features it eats), teaching ``objects``
+    objects and holding :data:`NEVER_TAUGHT` back; returns the loop's summary plus the phases'
+    accuracy and, under ``never_taught``, those objects and the share of their test views the
+    device flagged unknown."""
     if objects < 2:
         raise LabelError(f"the demo needs at least 2 objects to tell apart, got {objects}")
     scene: FrameSource
     if source is None:
         names = tuple(DEFAULT_OBJECTS[:objects])
-        synthetic = SyntheticScene(fps=DEMO_FPS, seed=seed, objects=names)
+        untaught = tuple(n for n in NEVER_TAUGHT_SYNTHETIC if n not in names)[:NEVER_TAUGHT]
+        synthetic = SyntheticScene(fps=DEMO_FPS, seed=seed, objects=names + untaught)
         scene, show = synthetic, lambda label, held_out: synthetic.show(label)
     else:
         views = image_objects(source)
-        names = tuple(sorted(random.Random(seed).sample(sorted(views), min(objects, len(views)))))
-        images = ImageScene({k: views[k] for k in names}, fps=DEMO_FPS)
+        names, untaught = scene_objects(views, objects, seed)
+        images = ImageScene({k: views[k] for k in names + untaught}, fps=DEMO_FPS)
         scene, show = images, images.show
     with contextlib.ExitStack() as stack:
         if state_dir is None:
@@ -259,9 +357,19 @@ def run_demo(
         )
         tally = Tally()
         loop = DeviceLoop(config, scene, observer=tally.observe)
-        driver = Driver(loop, mcu, show, names, tally, teach_seconds=teach_seconds, out=out)
+        driver = Driver(
+            loop,
+            mcu,
+            show,
+            names,
+            tally,
+            never_taught=untaught,
+            teach_seconds=teach_seconds,
+            out=out,
+        )
         driver.say(
-            f"edge-cl demo: {scene.name} scene of {len(names)} objects, learner {learner} on "
+            f"edge-cl demo: {scene.name} scene of {len(names)} objects to teach and "
+            f"{len(untaught)} never taught ({', '.join(untaught)}), learner {learner} on "
             f"{config.cut} features, MCU emulator on {mcu.device_path}, state in {state_dir}"
         )
         thread = threading.Thread(target=driver.run, name="edge-cl-demo", daemon=True)
@@ -272,10 +380,21 @@ def run_demo(
             raise driver.error
         summary["phases"] = driver.phases
         summary["mcu_emulator"] = mcu.summary()
+    flagged, views_shown = tally.score("test", untaught).never_taught
+    summary["never_taught"] = {
+        "objects": list(untaught),
+        "views": views_shown,
+        "flagged_unknown": flagged,
+        "share": share(flagged, views_shown),
+    }
     driver.say(
         f"done: {summary['frames']} frames at {summary['fps']:.1f} fps, classes "
         f"{summary['classes']}, teach latency "
         f"{', '.join(f'{t:.2f}' for t in summary['teach_latency_s'])} s; "
         f"MCU got {summary['mcu']['predictions']} predictions"
+    )
+    driver.say(
+        f"never taught ({', '.join(untaught)}): {flagged} of {views_shown} views flagged "
+        f"unknown ({percent(flagged, views_shown)}); the rest got a taught label"
     )
     return summary

@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from edge_cl.device.classifier import Classifier, Verdict
-from edge_cl.device.commands import Commands
+from edge_cl.device.commands import Commands, unknown_threshold
 from edge_cl.device.config import DeviceConfig
 from edge_cl.device.control import ControlServer, Handler
 from edge_cl.device.mcu import McuBridge, prediction_frame, status_frame
@@ -150,15 +150,23 @@ class DeviceLoop:
             self._stopping.set()
 
     def status(self) -> dict[str, Any]:
-        """What the loop is doing now (the ``status`` control command)."""
+        """What the loop is doing now (the ``status`` control command): state, teach, learner,
+        classes, the newest verdict (``verdict``, ``empty``: nothing in view), the unknown
+        settings, frames, accuracy, jobs, checkpoint, MCU, memory."""
         learner = self.classifier.learner
         teaching = self.teaching.current
+        latest = self.metrics.latest
         return {
             "state": self._state.value,
             "teaching": teaching.label if teaching is not None else None,
             "teach_frames": teaching.seen if teaching is not None else 0,
             "learner": learner_name(learner),
             "classes": learner.classes_,
+            "verdict": latest["verdict"] if latest is not None else None,
+            "empty": latest["empty"] if latest is not None else False,
+            "unknown_accept": self.worker.unknown_accept,
+            "unknown_threshold": unknown_threshold(learner),
+            "background_label": self.classifier.background_label,
             "frames": self.metrics.frames,
             "accuracy": self.metrics.accuracy(),
             "jobs_pending": self.worker.busy,
@@ -286,15 +294,16 @@ class DeviceLoop:
         self.metrics.record(frame, verdict, latency_ms, now, teaching, classes)
         if self.bridge is not None:
             self.bridge.send_prediction(
-                prediction_frame(verdict.label, verdict.confidence, verdict.unknown, latency_ms)
+                prediction_frame(
+                    verdict.label,
+                    verdict.confidence,
+                    verdict.unknown,
+                    latency_ms,
+                    empty=verdict.empty,
+                )
             )
         if preview is not None:
-            text = (
-                "learning..."
-                if verdict.label is None
-                else f"{verdict.label} {verdict.confidence:.2f}"
-            )
-            preview.write(frame.image, f"{text}{' ?' if verdict.unknown else ''}")
+            preview.write(frame.image, verdict.text())
         if self.observer is not None:
             self.observer(frame, verdict)
         if not self.ready.is_set():

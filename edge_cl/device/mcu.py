@@ -84,17 +84,28 @@ def status_frame(state: DeviceState, classes: int, replay_bytes: int) -> Status:
 
 
 def prediction_frame(
-    label: Label | None, confidence: float, unknown: bool, latency_ms: float
+    label: Label | None,
+    confidence: float,
+    unknown: bool,
+    latency_ms: float,
+    *,
+    empty: bool = False,
 ) -> Prediction:
     """The PREDICTION of one verdict: the label cut to the wire's limit (empty before anything
-    is learned, which the MCU shows as unknown), confidence in [0, 1], latency in whole ms.
+    is learned, which the MCU shows as unknown), confidence in [0, 1], latency in whole ms, and
+    the "nothing in view" flag of a background verdict (never with the unknown flag).
 
     >>> prediction_frame(None, 0.0, True, 70000.4)
-    Prediction(label='', confidence=0.0, unknown=True, latency_ms=65535)
+    Prediction(label='', confidence=0.0, unknown=True, latency_ms=65535, empty=False)
+    >>> prediction_frame("nothing", 0.97, False, 40.0, empty=True).empty
+    True
     """
     text = "" if label is None else wire_text(label)
     clipped = min(1.0, max(0.0, confidence))
-    return Prediction(text, clipped, unknown or not text, int(min(latency_ms, 65535)))
+    flagged = unknown or not text
+    return Prediction(
+        text, clipped, flagged, int(min(latency_ms, 65535)), empty=empty and not flagged
+    )
 
 
 def host_hello() -> Hello:

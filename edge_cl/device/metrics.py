@@ -48,6 +48,7 @@ class FrameMetrics:
         self._bad_frames = 0  # unusable frames from the source (empty), dropped
         self._labelled = 0
         self._unknown = 0
+        self._empty = 0  # verdicts of the background class: nothing in view
         self._scored = [0, 0]  # frames with a truth (not teaching), correct ones
         self._scored_known = [0, 0]  # the same, only where the truth was a known class
         self._latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)
@@ -60,8 +61,9 @@ class FrameMetrics:
 
     @property
     def latest(self) -> dict[str, Any] | None:
-        """The newest verdict (label, confidence, unknown, latency_ms, frame, truth and its
-        monotonic ``time``), or None before the first frame."""
+        """The newest verdict (``verdict``: what the device says, as :meth:`Verdict.text`;
+        label, confidence, unknown, empty, latency_ms, frame, truth and its monotonic
+        ``time``), or None before the first frame."""
         with self._lock:
             return self._latest
 
@@ -89,9 +91,11 @@ class FrameMetrics:
         are the learner's, for scoring the known truths."""
         with self._lock:
             self._latest = {
+                "verdict": verdict.text(),
                 "label": verdict.label,
                 "confidence": round(verdict.confidence, 4),
                 "unknown": verdict.unknown,
+                "empty": verdict.empty,
                 "latency_ms": round(latency_ms, 1),
                 "frame": frame.index,
                 "truth": frame.truth,
@@ -104,6 +108,7 @@ class FrameMetrics:
             if verdict.label is not None:
                 self._labelled += 1
                 self._unknown += verdict.unknown
+                self._empty += verdict.empty
                 if frame.truth is not None and not teaching:
                     self._score(frame.truth, verdict.label, classes)
 
@@ -139,10 +144,8 @@ class FrameMetrics:
         if known[0]:
             accuracy += f" ({known[1] / known[0]:.3f} on taught objects)"
         log.info(
-            "%s %.2f%s | %.1f fps | %.0f ms | accuracy %s | %s | %d classes",
-            latest["label"] if latest["label"] is not None else "(nothing learned)",
-            latest["confidence"],
-            " unknown" if latest["unknown"] else "",
+            "%s | %.1f fps | %.0f ms | accuracy %s | %s | %d classes",
+            latest["verdict"],
             frames / seconds if seconds > 0 else 0.0,
             latency / frames if frames else 0.0,
             accuracy,
@@ -152,12 +155,13 @@ class FrameMetrics:
 
     def summary(self, seconds: float) -> dict[str, Any]:
         """The run summary's measures over ``seconds``: frames (and unusable ones dropped),
-        fps, predictions, unknown ones, accuracy (all scored frames, and known truths only),
-        latency (mean, p95 of the latest :data:`LATENCIES_KEPT`)."""
+        fps, predictions, unknown ones, "nothing in view" ones, accuracy (all scored frames,
+        and known truths only), latency (mean, p95 of the latest :data:`LATENCIES_KEPT`)."""
         with self._lock:
             latencies = np.array(self._latencies) if self._latencies else np.zeros(1)
             scored, known = list(self._scored), list(self._scored_known)
             frames, labelled, unknown = self._frames, self._labelled, self._unknown
+            empty = self._empty
         return {
             "frames": frames,
             "bad_frames": self._bad_frames,
@@ -165,6 +169,7 @@ class FrameMetrics:
             "fps": round(frames / seconds, 2) if seconds > 0 else 0.0,
             "predictions": labelled,
             "unknown": unknown,
+            "nothing_in_view": empty,
             "accuracy": round(scored[1] / scored[0], 4) if scored[0] else None,
             "scored_frames": scored[0],
             "accuracy_known": round(known[1] / known[0], 4) if known[0] else None,

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_cl.device.classifier import Classifier
+from edge_cl.device.config import check_unknown_accept
 from edge_cl.device.state import DeviceState
 from edge_cl.errors import EdgeClError
 from edge_cl.learner.labels import Label
@@ -32,16 +33,26 @@ CALIBRATION_PATTERNS = 512
 """Replayed patterns the unknown threshold is calibrated on after each update."""
 
 
-def calibrate_on_replay(model: Learner, accept: float) -> None:
-    """Set ``model``'s unknown threshold so ``accept`` of up to ``CALIBRATION_PATTERNS`` replayed
-    (taught) patterns pass. Nothing changes with ``accept >= 1``, fewer than two classes, or a
-    learner that keeps no replay memory (NCM, SLDA, the scikit-learn heads, AR1* without
-    replay): those keep the ``unknown_threshold`` they were built with."""
+def recalibrate(model: Learner, accept: float) -> str | None:
+    """Set ``model``'s unknown threshold so ``accept`` of known-class views pass (``accept``
+    1: none is unknown).
+
+    The source is the novelty of taught views scored before they were learned, where the model
+    keeps it (AR1*: ``calibrate_unknown_on_teaching``, once re-teaching a known object has given
+    it enough scores); otherwise up to ``CALIBRATION_PATTERNS`` replayed patterns, which look
+    more familiar than new views and so reject somewhat more of them. Nothing changes with
+    fewer than two classes on replay, or a learner that keeps neither (NCM, SLDA, the
+    scikit-learn heads, AR1* without replay): those keep the ``unknown_threshold`` they were
+    built with. Returns the source used, ``"teaching"`` or ``"replay"``, or None."""
+    teaching = getattr(model, "calibrate_unknown_on_teaching", None)
+    if callable(teaching) and teaching(accept) is not None:
+        return "teaching"
     memory = replay_memory(model)
-    if accept >= 1.0 or memory is None or len(memory) == 0 or len(model.classes_) < 2:
-        return
+    if memory is None or len(memory) == 0 or len(model.classes_) < 2:
+        return None
     x, _ = memory.sample(min(CALIBRATION_PATTERNS, len(memory)))
     model.calibrate_unknown(x, accept=accept)
+    return "replay"
 
 
 @dataclass(frozen=True)
@@ -64,9 +75,10 @@ class JobResult:
 
 
 MAX_QUEUED_UPDATES = 3
-"""Learn and forget jobs that may wait behind the running one. Beyond it a forget, or a learn
-not ``reserved``, raises :class:`WorkerBusy` (the MCU hears NACK BUSY, the socket an error), so
-a flood of requests cannot queue minutes of work that a stop must finish."""
+"""Learn, forget and recalibrate jobs that may wait behind the running one. Beyond it a forget,
+a recalibration, or a learn not ``reserved``, raises :class:`WorkerBusy` (the MCU hears NACK
+BUSY, the socket an error), so a flood of requests cannot queue minutes of work that a stop
+must finish."""
 
 
 class WorkerBusy(EdgeClError):
@@ -80,15 +92,19 @@ class _Job:
     latents: np.ndarray | None
     since: float
     future: Future[JobResult]
+    accept: float | None = None  # a recalibrate job's new unknown_accept
 
 
 class LearnerWorker:
-    """A thread running learn / forget / save jobs in order; each returns a ``Future[JobResult]``.
+    """A thread running learn / forget / recalibrate / save jobs in order; each returns a
+    ``Future[JobResult]``.
 
     The model is any :class:`~edge_cl.learner.protocol.Learner`. ``checkpoint`` is written
-    (atomically) after every learned batch and every forget. ``unknown_accept`` < 1
-    recalibrates the unknown threshold on replayed patterns after each change
-    (:func:`calibrate_on_replay`: learners without a replay memory keep theirs).
+    (atomically) after every learned batch, every forget and every recalibration.
+    Every change recalibrates the unknown threshold to ``unknown_accept`` (:func:`recalibrate`:
+    on teach views scored before learning, else replayed patterns; learners keeping neither
+    keep theirs), and
+    :meth:`set_unknown_accept` changes it and recalibrates at once.
     ``on_state`` hears LEARNING / SAVING / IDLE; ``on_result`` hears every result.
 
     >>> import tempfile
@@ -164,7 +180,7 @@ class LearnerWorker:
 
     @property
     def state(self) -> DeviceState:
-        """IDLE, LEARNING (learn or forget running) or SAVING."""
+        """IDLE, LEARNING (learn, forget or recalibrate running) or SAVING."""
         return self._state
 
     @property
@@ -196,6 +212,13 @@ class LearnerWorker:
         """Queue forgetting ``label``; ``WorkerBusy`` if :data:`MAX_QUEUED_UPDATES` jobs wait."""
         return self._submit("forget", label, None, None)
 
+    def set_unknown_accept(self, accept: float) -> Future[JobResult]:
+        """Queue setting ``unknown_accept`` and recalibrating the model in use with it (on a
+        copy, swapped in whole, then checkpointed, like a learn); the jobs queued before it
+        still calibrate with the old value. ``ConfigError`` unless ``0 < accept <= 1``,
+        ``WorkerBusy`` if :data:`MAX_QUEUED_UPDATES` jobs wait: either way nothing changes."""
+        return self._submit("recalibrate", None, None, None, accept=check_unknown_accept(accept))
+
     def save(self) -> Future[JobResult]:
         """Queue writing the checkpoint of the model in use. A save already waiting serves
         this request too (its future is returned): repeated SAVEs cost one write."""
@@ -218,6 +241,7 @@ class LearnerWorker:
         latents: np.ndarray | None,
         since: float | None,
         reserved: bool = False,
+        accept: float | None = None,
     ) -> Future[JobResult]:
         with self._idle:
             if not reserved and self._waiting_updates >= MAX_QUEUED_UPDATES:
@@ -226,14 +250,19 @@ class LearnerWorker:
                     "it is idle (status shows learner_state)"
                 )
             self._waiting_updates += 1
-            return self._submit_locked(kind, label, latents, since)
+            return self._submit_locked(kind, label, latents, since, accept)
 
     def _submit_locked(
-        self, kind: str, label: Label | None, latents: np.ndarray | None, since: float | None
+        self,
+        kind: str,
+        label: Label | None,
+        latents: np.ndarray | None,
+        since: float | None,
+        accept: float | None = None,
     ) -> Future[JobResult]:
         future: Future[JobResult] = Future()
         self._pending += 1
-        self._queue.put(_Job(kind, label, latents, since or time.monotonic(), future))
+        self._queue.put(_Job(kind, label, latents, since or time.monotonic(), future, accept))
         return future
 
     # ------------------------------------------------------------------------------- thread
@@ -269,17 +298,19 @@ class LearnerWorker:
         self._set_state(DeviceState.LEARNING)
         start = time.perf_counter()
         model = copy.deepcopy(self.classifier.learner)
+        accept = self.unknown_accept if job.accept is None else job.accept
         try:
             if job.kind == "learn":
                 assert job.latents is not None
                 model.partial_fit(job.latents, [job.label] * len(job.latents))
-            else:
+            elif job.kind == "forget":
                 model.forget(job.label)
-            self._calibrate(model)
+            recalibrate(model, accept)
         except EdgeClError as e:
             return JobResult(
                 job.kind, job.label, False, str(e), classes=self._classes(), failed_at="update"
             )
+        self.unknown_accept = accept
         seconds = time.perf_counter() - start
         self.classifier.swap(model)
         self._dirty = True
@@ -302,9 +333,6 @@ class LearnerWorker:
             return replace(result, ok=False, error=error, failed_at="checkpoint")
         self._dirty = self.classifier.learner is not model
         return replace(result, checkpoint_bytes=size)
-
-    def _calibrate(self, model: Learner) -> None:
-        calibrate_on_replay(model, self.unknown_accept)
 
     def _classes(self) -> tuple[Label, ...]:
         return tuple(self.classifier.learner.classes_)

@@ -37,6 +37,7 @@ from firmware_bridge.protocol import (
     MsgType,
     Nack,
     Port,
+    Prediction,
     Save,
     TeachStart,
     TeachStop,
@@ -51,6 +52,29 @@ DEFAULT_HELLO = Hello(
     "edge-cl-emu", (1, 0, 0), buttons=3, leds=2, display_width=128, display_height=64
 )
 """The capabilities the emulator announces unless told otherwise."""
+
+NO_PREDICTION = "-"
+"""What the emulated display shows before the first PREDICTION."""
+
+
+def display_text(prediction: Prediction) -> str:
+    """What an MCU's display shows for ``prediction`` (PROTOCOL.md, PREDICTION): the label and
+    its confidence, ``unknown`` with the best guess, or ``nothing in view``, never the label
+    alone when a flag is set.
+
+    >>> display_text(Prediction("cup", 0.93)), display_text(Prediction("cup", 0.41, True))
+    ('cup 0.93', 'unknown (best guess cup 0.41)')
+    >>> display_text(Prediction("", 0.0, True))
+    'unknown'
+    >>> display_text(Prediction("nothing", 0.9, empty=True))
+    'nothing in view'
+    """
+    if prediction.empty:
+        return "nothing in view"
+    if prediction.unknown:
+        guess = f" (best guess {prediction.label} {prediction.confidence:.2f})"
+        return "unknown" + (guess if prediction.label else "")
+    return f"{prediction.label} {prediction.confidence:.2f}"
 
 
 class Emulator:
@@ -74,6 +98,9 @@ class Emulator:
     (Ack(seq=0), 'edge-cl-emu')
     >>> [(record["dir"], record["type"]) for record in mcu.records][:3]
     [('rx', 'HELLO'), ('tx', 'ACK'), ('tx', 'HELLO')]
+
+    Like firmware, it shows every PREDICTION on its (emulated) display, ``display``, and counts
+    them, how many were unknown and how many said nothing is in view (``shown``).
     """
 
     def __init__(
@@ -110,6 +137,8 @@ class Emulator:
         self._log_lock = threading.Lock()
         self._records: list[dict[str, Any]] = []
         self._received: list[Frame] = []
+        self._display = NO_PREDICTION
+        self._shown = {"predictions": 0, "unknown": 0, "nothing_in_view": 0}
         self._threads: list[threading.Thread] = []
         self._script_thread: threading.Thread | None = None
         self._resources = contextlib.ExitStack()
@@ -159,16 +188,31 @@ class Emulator:
             return list(self._received)
 
     @property
+    def display(self) -> str:
+        """What the display shows now: the last PREDICTION as :func:`display_text` puts it,
+        ``NO_PREDICTION`` before the first."""
+        with self._log_lock:
+            return self._display
+
+    @property
+    def shown(self) -> dict[str, int]:
+        """PREDICTIONs received, how many of them unknown, how many nothing in view."""
+        with self._log_lock:
+            return dict(self._shown)
+
+    @property
     def decoder_stats(self) -> DecoderStats:
         """What the emulator's decoder accepted and dropped."""
         return self._decoder.stats
 
     def summary(self) -> dict[str, Any]:
-        """Counts for a run: frames sent and received, timeouts, duplicates, decoder drops."""
+        """Counts for a run: frames sent and received, predictions shown (unknown, nothing in
+        view), timeouts, duplicates, decoder drops."""
         records = self.records
         return {
             "sent": sum(record["dir"] == "tx" for record in records),
             "received": sum(record["dir"] == "rx" for record in records),
+            "shown": self.shown,
             "timeouts": self.timeouts,
             "duplicates": self.duplicates,
             "decoder": self._decoder.stats.as_dict(),
@@ -370,6 +414,13 @@ class Emulator:
             self._host_hello.set()
             self.send(self.hello_message)
 
+    def _show(self, prediction: Prediction) -> None:
+        """Put ``prediction`` on the display and count it (with ``_log_lock`` held)."""
+        self._display = display_text(prediction)
+        self._shown["predictions"] += 1
+        self._shown["unknown"] += prediction.unknown
+        self._shown["nothing_in_view"] += prediction.empty
+
     def _record(self, direction: str, frame: Frame) -> None:
         entry = {
             "t": round(time.monotonic() - self._t0, 4),
@@ -381,6 +432,8 @@ class Emulator:
             self._records.append(entry)
             if direction == "rx":
                 self._received.append(frame)
+                if isinstance(frame.message, Prediction):
+                    self._show(frame.message)
             if self._record_path is not None:  # appended line by line: complete even if killed
                 with self._record_path.open("a", encoding="utf-8") as file:
                     file.write(json.dumps(entry) + "\n")

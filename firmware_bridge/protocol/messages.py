@@ -386,15 +386,27 @@ class Forget(_LabelMessage):
     TYPE: ClassVar[MsgType] = MsgType.FORGET
 
 
+FLAG_UNKNOWN = 0x01
+"""PREDICTION flags bit 0: nothing known is in view (the label is the best guess)."""
+FLAG_EMPTY = 0x02
+"""PREDICTION flags bit 1: nothing is in view (the label is the class taught as the empty
+scene). Bits 2-7 are reserved: sent as 0, ignored on receipt."""
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """What the host sees now: ``label`` with ``confidence`` in [0, 1], or ``unknown``.
+    """What the host sees now: ``label`` with ``confidence`` in [0, 1], or ``unknown``, or
+    ``empty`` (nothing in view).
 
-    When ``unknown`` is set the label is the best guess and may be empty. ``confidence`` travels
-    as a float32, so decoding returns it rounded to float32.
+    When ``unknown`` is set the label is the best guess and may be empty; when ``empty`` is
+    set the label is the class the host was taught the empty scene as. The two flags are never
+    set together. ``confidence`` travels as a float32, so decoding returns it rounded to
+    float32.
 
     >>> Prediction("cup", 0.75, latency_ms=41)
-    Prediction(label='cup', confidence=0.75, unknown=False, latency_ms=41)
+    Prediction(label='cup', confidence=0.75, unknown=False, latency_ms=41, empty=False)
+    >>> encode_payload(Prediction("nothing", 0.5, empty=True)).hex(" ")
+    '00 00 00 3f 00 00 02 07 6e 6f 74 68 69 6e 67'
     """
 
     TYPE: ClassVar[MsgType] = MsgType.PREDICTION
@@ -402,10 +414,18 @@ class Prediction:
     confidence: float
     unknown: bool = False
     latency_ms: int = 0
+    empty: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.unknown, bool):
             raise ProtocolError(f"PREDICTION unknown must be a bool, got {self.unknown!r}")
+        if not isinstance(self.empty, bool):
+            raise ProtocolError(f"PREDICTION empty must be a bool, got {self.empty!r}")
+        if self.unknown and self.empty:
+            raise ProtocolError(
+                "PREDICTION unknown and empty may not both be set: either nothing known is in "
+                "view (unknown) or nothing is in view (empty)"
+            )
         _check_text(self.label, "PREDICTION label", MAX_LABEL_BYTES, allow_empty=self.unknown)
         conf = self.confidence
         if (
@@ -418,14 +438,15 @@ class Prediction:
         check_uint(self.latency_ms, 16, "PREDICTION latency_ms")
 
     def _pack(self) -> bytes:
-        flags = 0x01 if self.unknown else 0x00
+        flags = (FLAG_UNKNOWN if self.unknown else 0) | (FLAG_EMPTY if self.empty else 0)
         return struct.pack("<fHB", self.confidence, self.latency_ms, flags) + _pack_text(self.label)
 
     @classmethod
     def _unpack(cls, payload: bytes) -> Prediction:
         confidence, latency, flags = _unpack_fixed(payload, "<fHB", "PREDICTION")
         label = _unpack_text(payload, 7, "PREDICTION label")
-        return cls(label, confidence, bool(flags & 0x01), latency)
+        unknown, empty = bool(flags & FLAG_UNKNOWN), bool(flags & FLAG_EMPTY)
+        return cls(label, confidence, unknown, latency, empty)
 
 
 @dataclass(frozen=True)
