@@ -196,6 +196,77 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_openset(args: argparse.Namespace) -> int:
+    """The open-set report: how well the default learner flags objects it was never taught."""
+    from edge_cl.bench import openset
+    from edge_cl.bench.filelists import load_filelist_runs
+    from edge_cl.bench.latents import LatentCache
+    from edge_cl.bench.scenarios import build
+    from edge_cl.extractor.imagenet import head_arrays
+
+    if args.filelists is None:
+        unknown = [n for n in args.scenario if n not in available()]
+        if unknown:
+            raise DatasetError(f"unknown scenarios {unknown}; choose from {', '.join(available())}")
+    if args.plots:
+        from edge_cl.bench.plots import require_matplotlib
+
+        require_matplotlib()
+    manifest = Manifest.load(args.models)
+    ex = open_extractor(
+        "latent", args.runtime, args.precision, args.resolution, args.threads, manifest=manifest
+    )
+    cache = LatentCache(args.cache / "latents", ex)
+    if args.filelists is not None:
+        if args.root is None:
+            raise EdgeClError("--filelists needs --root (the folder the filelists' paths start at)")
+        orderings = load_filelist_runs(args.root, args.filelists, args.runs)
+        runs = len(orderings)
+        scenarios = [lambda run: orderings[run]]  # ordering i is run i
+    else:
+        images, datasets = args.cache / "images", args.datasets
+
+        def builder(name: str) -> Callable[[int], Scenario]:
+            return lambda seed: build(name, datasets, seed, images / image_folder(name))
+
+        scenarios = [builder(name) for name in args.scenario]
+        runs = 3 if args.runs is None else args.runs
+    try:  # numpy's BLAS gets --threads too, as in edge-cl bench
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        limits: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(args.threads)
+    with limits:
+        result = openset.bench_openset(
+            scenarios, cache, head_arrays(manifest.head()), runs, args.at, args.accept
+        )
+    result["command"] = "edge-cl " + " ".join(sys.argv[1:])
+    result["extractor"] = ex.artifact.name
+    written: list[Path] = []
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        written.append(args.json)
+    plots: list[str] = []
+    if args.plots:  # after the JSON: a figure that fails to draw loses no result
+        from edge_cl.bench.plots import plot_openset
+
+        base = args.markdown.parent if args.markdown else Path.cwd()
+        figures = plot_openset(result, args.plots)
+        plots = [os.path.relpath(p, base) for p in figures]
+        written += figures
+    report = openset.markdown_report(result, plots)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(report)
+        written.append(args.markdown)
+    print("\n" + report)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 _STRATEGIES = "strategies:"
 """The epilog of ``edge-cl bench --help``: :class:`_BenchHelp` lists the strategies under it."""
 
@@ -328,6 +399,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runtime_options(bench)
     bench.set_defaults(func=cmd_bench, runtime="litert", precision="int8", threads=2)
+
+    openset = sub.add_parser(
+        "bench-openset",
+        help=cmd_bench_openset.__doc__,
+        description=cmd_bench_openset.__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    openset.add_argument(
+        "--scenario",
+        nargs="+",
+        default=["coil100-sessions", "tinyimagenet-nc", "cifar10-nc"],
+        help="generated scenarios to run: " + ", ".join(available()),
+    )
+    openset.add_argument("--root", type=Path, default=None, help="image root of --filelists")
+    openset.add_argument(
+        "--filelists",
+        type=Path,
+        default=None,
+        help="CORe50-format filelists instead of --scenario: one ordering's folder, or a "
+        "protocol's folder of run0/, run1/, ...",
+    )
+    openset.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="orderings: seeds 0..N-1 of each scenario (default 3), run0..run{N-1} of "
+        "--filelists (default: every run it holds)",
+    )
+    openset.add_argument(
+        "--at",
+        type=float,
+        default=0.5,
+        help="fraction of each stream's batches learned; classes seen by then are known",
+    )
+    openset.add_argument(
+        "--accept",
+        type=float,
+        default=0.95,
+        help="share of taught views the device's calibrated threshold lets pass",
+    )
+    openset.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "edge_cl",
+        help="rendered images and extracted latents, shared with edge-cl bench",
+    )
+    openset.add_argument("--json", type=Path, default=None, help="write every figure here")
+    openset.add_argument("--markdown", type=Path, default=None, help="write the report here")
+    openset.add_argument("--plots", type=Path, default=None, help="write ROC curves (PNG) here")
+    runtime_options(openset)
+    openset.set_defaults(func=cmd_bench_openset, runtime="litert", precision="int8", threads=2)
     add_device_commands(sub)
     add_perf_command(sub)
     return parser

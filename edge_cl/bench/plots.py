@@ -9,6 +9,9 @@ Per scenario, two figures in the layout of the AR1* lifecycle figure:
   ``predictions_per_batch`` predictions a batch), on log scales, and the memory held after
   each batch, per strategy (mean over runs). A log axis cannot show 0: zeros are left off it
   and the panel's legend names the strategies they were left off for.
+
+The open-set report (``edge-cl bench-openset``) draws ``<scenario>_roc.png``: the ROC curve of
+the novelty score against unseen classes, one curve per ordering (:func:`plot_openset`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_cl.bench.openset import FPR, fpr_threshold, roc_curve
 from edge_cl.errors import MissingExtraError
 
 
@@ -131,6 +135,49 @@ def plot_study(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
         fig.suptitle(scenario)
         fig.tight_layout()
         written.append(out / f"{scenario}_cost.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def plot_openset(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write ``<scenario>_roc.png`` for every scenario of an open-set report
+    (:func:`~edge_cl.bench.openset.bench_openset`): the ROC curve of the novelty score as a
+    detector of unseen classes, one curve per ordering with its 5%-FPR point marked; return
+    the paths."""
+    plt = _pyplot()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for scenario in result["means"]:
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+        for o in result["orderings"]:
+            if o["scenario"] != scenario:
+                continue
+            known, unseen = np.array(o["scores"]["known"]), np.array(o["scores"]["unseen"])
+            fpr, tpr = roc_curve(known, unseen)
+            threshold = fpr_threshold(known)
+            (line,) = ax.plot(fpr, tpr, label=f"{o['ordering']}: AUROC {o['auroc']:.3f}")
+            ax.plot(
+                np.mean(known > threshold),
+                o["tpr_at_fpr5"],
+                "o",
+                color=line.get_color(),
+                markersize=6,
+            )
+        ax.axvline(FPR, color="grey", linestyle="--", linewidth=1, label=f"{100 * FPR:g}% FPR")
+        ax.set(
+            xlabel="known views flagged unknown (FPR)",
+            ylabel="unseen views flagged unknown (TPR)",
+            title=f"{scenario}: novelty as an unseen-class detector",
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        written.append(out / f"{scenario}_roc.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     return written
