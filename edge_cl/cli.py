@@ -10,7 +10,7 @@ import platform
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from edge_cl.images import read_image
 from edge_cl.learner.layers import softmax
 from edge_cl.perf.cli import add_perf_command
 from edge_cl.sysinfo import cores, cpu_features
+
+if TYPE_CHECKING:
+    from edge_cl.bench.latents import LatentCache
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -87,6 +90,55 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result["passed"] else 1
 
 
+def _study_inputs(
+    args: argparse.Namespace, names: Sequence[str]
+) -> tuple[Manifest, LatentCache, list[Callable[[int], Scenario]], int]:
+    """What ``bench`` and ``bench-openset`` share: ``names`` checked (unless ``--filelists``),
+    matplotlib checked for ``--plots``, the manifest, the latent cache of the extractor, the
+    scenario builders (ordering i of ``--filelists`` is its run i, else a seed) and the number
+    of orderings (default 3 seeds, or every run of ``--filelists``)."""
+    from edge_cl.bench.filelists import load_filelist_runs
+    from edge_cl.bench.latents import LatentCache
+    from edge_cl.bench.scenarios import build
+
+    if args.filelists is None:
+        unknown = [n for n in names if n not in available()]
+        if unknown:
+            raise DatasetError(f"unknown scenarios {unknown}; choose from {', '.join(available())}")
+    if args.plots:
+        from edge_cl.bench.plots import require_matplotlib
+
+        require_matplotlib()
+    manifest = Manifest.load(args.models)
+    ex = open_extractor(
+        "latent", args.runtime, args.precision, args.resolution, args.threads, manifest=manifest
+    )
+    cache = LatentCache(args.cache / "latents", ex)
+    if args.filelists is not None:
+        if args.root is None:
+            raise EdgeClError("--filelists needs --root (the folder the filelists' paths start at)")
+        orderings = load_filelist_runs(args.root, args.filelists, args.runs)
+        return manifest, cache, [lambda run: orderings[run]], len(orderings)
+    images, datasets = args.cache / "images", args.datasets
+
+    def builder(name: str) -> Callable[[int], Scenario]:
+        return lambda seed: build(name, datasets, seed, images / image_folder(name))
+
+    runs = 3 if args.runs is None else args.runs
+    return manifest, cache, [builder(name) for name in names], runs
+
+
+def _blas_limits(threads: int) -> contextlib.AbstractContextManager[Any]:
+    """numpy's BLAS held to ``threads`` (studies run side by side must not oversubscribe the
+    cores); a no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    limits: contextlib.AbstractContextManager[Any] = threadpool_limits(threads)
+    return limits
+
+
 QUICK = {
     "scenario": ["coil100-clutter-nc", "coil100-clutter-ni"],
     "suite": None,
@@ -103,9 +155,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """The lifecycle study: strategies over orderings of real image streams."""
     from edge_cl.bench import report as study_report
     from edge_cl.bench import study
-    from edge_cl.bench.filelists import load_filelist_runs
-    from edge_cl.bench.latents import LatentCache, clear_cache
-    from edge_cl.bench.scenarios import build
+    from edge_cl.bench.latents import clear_cache
     from edge_cl.extractor.imagenet import head_arrays
 
     if args.clear_cache:
@@ -115,34 +165,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    if args.filelists is None:
-        scenario_names = SUITES[args.suite] if args.suite else args.scenario
-        unknown = [n for n in scenario_names if n not in available()]
-        if unknown:
-            raise DatasetError(f"unknown scenarios {unknown}; choose from {', '.join(available())}")
-    if args.plots:
-        from edge_cl.bench.plots import require_matplotlib
-
-        require_matplotlib()
-    manifest = Manifest.load(args.models)
-    ex = open_extractor(
-        "latent", args.runtime, args.precision, args.resolution, args.threads, manifest=manifest
-    )
-    cache = LatentCache(args.cache / "latents", ex)
-    if args.filelists is not None:
-        if args.root is None:
-            raise EdgeClError("--filelists needs --root (the folder the filelists' paths start at)")
-        orderings = load_filelist_runs(args.root, args.filelists, args.runs)
-        args.runs = len(orderings)
-        scenarios = [lambda run: orderings[run]]  # the study's "seed" i is run i
-    else:
-        images, datasets = args.cache / "images", args.datasets
-
-        def builder(name: str) -> Callable[[int], Scenario]:
-            return lambda seed: build(name, datasets, seed, images / image_folder(name))
-
-        scenarios = [builder(name) for name in scenario_names]
-        args.runs = 3 if args.runs is None else args.runs
+    names = SUITES[args.suite] if args.suite else args.scenario
+    manifest, cache, scenarios, args.runs = _study_inputs(args, names)
     command = "edge-cl " + " ".join(sys.argv[1:])
 
     def write(path: Path | None, text: str, final: bool) -> None:
@@ -155,7 +179,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def save(result: dict[str, Any], final: bool) -> str:
         """Write the JSON, the plots and the Markdown summary of the results so far."""
         result["command"] = command
-        result["extractor"] = ex.artifact.name
+        result["extractor"] = cache.extractor.artifact.name
         write(args.json, json.dumps(result, indent=1, default=str) + "\n", final)
         plots: list[str] = []
         if args.plots:  # after the JSON: a figure that fails to draw loses no result
@@ -167,13 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write(args.markdown, report, final)
         return report
 
-    try:  # numpy's BLAS gets --threads too: studies run side by side must not oversubscribe
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        limits: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(args.threads)
-    with limits:
+    with _blas_limits(args.threads):
         result = study.bench(
             scenarios,
             args.strategies.split(","),
@@ -199,50 +217,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_openset(args: argparse.Namespace) -> int:
     """The open-set report: how well the default learner flags objects it was never taught."""
     from edge_cl.bench import openset
-    from edge_cl.bench.filelists import load_filelist_runs
-    from edge_cl.bench.latents import LatentCache
-    from edge_cl.bench.scenarios import build
     from edge_cl.extractor.imagenet import head_arrays
 
-    if args.filelists is None:
-        unknown = [n for n in args.scenario if n not in available()]
-        if unknown:
-            raise DatasetError(f"unknown scenarios {unknown}; choose from {', '.join(available())}")
-    if args.plots:
-        from edge_cl.bench.plots import require_matplotlib
-
-        require_matplotlib()
-    manifest = Manifest.load(args.models)
-    ex = open_extractor(
-        "latent", args.runtime, args.precision, args.resolution, args.threads, manifest=manifest
-    )
-    cache = LatentCache(args.cache / "latents", ex)
-    if args.filelists is not None:
-        if args.root is None:
-            raise EdgeClError("--filelists needs --root (the folder the filelists' paths start at)")
-        orderings = load_filelist_runs(args.root, args.filelists, args.runs)
-        runs = len(orderings)
-        scenarios = [lambda run: orderings[run]]  # ordering i is run i
-    else:
-        images, datasets = args.cache / "images", args.datasets
-
-        def builder(name: str) -> Callable[[int], Scenario]:
-            return lambda seed: build(name, datasets, seed, images / image_folder(name))
-
-        scenarios = [builder(name) for name in args.scenario]
-        runs = 3 if args.runs is None else args.runs
-    try:  # numpy's BLAS gets --threads too, as in edge-cl bench
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        limits: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(args.threads)
-    with limits:
+    manifest, cache, scenarios, runs = _study_inputs(args, args.scenario)
+    with _blas_limits(args.threads):
         result = openset.bench_openset(
             scenarios, cache, head_arrays(manifest.head()), runs, args.at, args.accept
         )
     result["command"] = "edge-cl " + " ".join(sys.argv[1:])
-    result["extractor"] = ex.artifact.name
+    result["extractor"] = cache.extractor.artifact.name
     written: list[Path] = []
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
