@@ -12,18 +12,21 @@ computes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any, Protocol, TextIO
 
 import numpy as np
 
+from edge_cl.bench import parallel
 from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
 from edge_cl.bench.report import PREDICTIONS_PER_BATCH, summarise
@@ -511,6 +514,215 @@ def ordering_name(scenario: Scenario, seed: int) -> str:
     return str(scenario.meta.get("run", f"seed {seed}"))
 
 
+@dataclass
+class _Ordering:
+    """One ordering of a scenario, ready to run: the scenario's record and the ordering's name
+    (added to the results once its runs are in), the strategies' views of its stream, its
+    evaluation points and its latents' shape."""
+
+    scenario: str
+    record: dict[str, Any]
+    name: str
+    seed: int
+    views: dict[str, Stream]
+    points: set[int]
+    latent_shape: tuple[int, ...]
+    batches: int
+
+
+def _view(latents: Stream, features: str, head: PretrainedHead) -> Stream:
+    """The stream of ``latents`` as a strategy eating ``features`` sees it."""
+    if features == "pool":
+        return pooled(latents, head)
+    if features == "latent-summary":
+        return latent_summaries(latents)
+    return latents
+
+
+def _ordering(
+    scenario: Scenario,
+    seed: int,
+    cache: LatentCache,
+    head: PretrainedHead,
+    features: set[str],
+    eval_points: int,
+) -> _Ordering:
+    """Ordering ``seed`` of ``scenario``, its latents read through the latent cache (in this
+    process: workers never open the extractor) and turned into the ``features`` views."""
+    latents = load_stream(scenario, cache)
+    return _Ordering(
+        scenario.name,
+        scenario_record(scenario),
+        ordering_name(scenario, seed),
+        seed,
+        {f: _view(latents, f, head) for f in sorted(features)},
+        evaluation_points(len(latents.batches), eval_points),
+        latents.test_x.shape[1:],
+        len(latents.batches),
+    )
+
+
+def _orderings(
+    scenarios: Sequence[Callable[[int], Scenario]],
+    runs: int,
+    cache: LatentCache,
+    head: PretrainedHead,
+    features: set[str],
+    eval_points: int,
+) -> Iterator[_Ordering]:
+    """Each ordering of each scenario in turn (:func:`_ordering`)."""
+    for build in scenarios:
+        for seed in range(runs):
+            yield _ordering(build(seed), seed, cache, head, features, eval_points)
+
+
+def _run_line(r: dict[str, Any], seconds: float) -> str:
+    """A finished run's one-line report."""
+    return (
+        f"{r['scenario']} run {r['seed']} {r['strategy']:22s} final "
+        f"{100 * r['final_accuracy']:5.1f}%  {sum(r['flops']) / 1e9:9.0f} GFLOP  {seconds:6.1f} s"
+    )
+
+
+def _serial_runs(
+    orderings: Iterator[_Ordering],
+    strategies: Sequence[Strategy],
+    head: dict[str, np.ndarray],
+    total: int,
+    progress_stream: TextIO,
+) -> Generator[tuple[_Ordering, list[dict[str, Any]]], None, None]:
+    """Each ordering with its runs, one run after another in this process (``total``: the
+    orderings to come, for the progress bar)."""
+    progress: Progress | None = None
+    for o in orderings:
+        if progress is None:
+            progress = Progress(total * len(strategies) * o.batches, progress_stream)
+        done = []
+        for s in strategies:
+            progress.label = f"{o.scenario} run {o.seed} {s.name}"
+            start = time.perf_counter()
+            cost = feature_flops(s.features, o.latent_shape)
+            r = run(s, o.views[s.features], head, o.seed, o.points, progress.step, cost)
+            r["scenario"] = o.scenario
+            done.append(r)
+            progress.line(_run_line(r, time.perf_counter() - start))
+        yield o, done
+
+
+PackedStream = tuple[np.ndarray, list[int], list[Label], list[Label]]
+"""A stream as :func:`pack` packs it."""
+
+
+def pack(stream: Stream) -> PackedStream:
+    """A stream as a worker gets it: one array (the batches, then the test set), the batch
+    sizes, the training labels and the test labels; one array, which joblib memory-maps and a
+    Dask cluster gets once, rather than a list of them sent with every run."""
+    x = np.concatenate([*(x for x, _ in stream.batches), stream.test_x])
+    train_y = [label for _, y in stream.batches for label in y]
+    return x, [len(y) for _, y in stream.batches], train_y, list(stream.test_y)
+
+
+def unpack(
+    x: np.ndarray, sizes: Sequence[int], train_y: list[Label], test_y: list[Label]
+) -> Stream:
+    """The stream that :func:`pack` packed (its arrays views of ``x``).
+
+    >>> s = unpack(*pack(Stream([(np.zeros((2, 3)), [0, 1]), (np.ones((1, 3)), [2])],
+    ...                         np.ones((4, 3)), [0, 1, 2, 0])))
+    >>> [(x.shape, y) for x, y in s.batches], s.test_x.shape, s.test_y
+    ([((2, 3), [0, 1]), ((1, 3), [2])], (4, 3), [0, 1, 2, 0])
+    """
+    ends = [0, *itertools.accumulate(sizes)]
+    batches = [(x[a:b], train_y[a:b]) for a, b in itertools.pairwise(ends)]
+    return Stream(batches, x[ends[-1] :], test_y)
+
+
+def run_packed(
+    name: str,
+    settings: tuple[float, int, Grid | None],
+    x: np.ndarray,
+    sizes: list[int],
+    train_y: list[Label],
+    test_y: list[Label],
+    head: dict[str, np.ndarray],
+    seed: int,
+    eval_at: set[int],
+    feature_cost: int,
+    threads: int,
+) -> tuple[dict[str, Any], float]:
+    """What a worker of a parallel study does: :func:`run` of strategy ``name`` of
+    :func:`strategies` of ``settings`` (replay MB, epochs, grid) on the stream :func:`pack`
+    packed into ``x``, ``sizes``, ``train_y``, ``test_y`` (each its own argument, so that Dask
+    sends ``x`` to the cluster once for all its runs), its BLAS held to ``threads``
+    (:func:`~edge_cl.bench.parallel.hold_blas`); the run's results and its wall time. The
+    strategy is rebuilt here from its name because strategies' constructors are closures,
+    which need not pickle."""
+    start = time.perf_counter()
+    parallel.hold_blas(threads)
+    stream = unpack(x, sizes, train_y, test_y)
+    r = run(strategies(*settings)[name], stream, head, seed, eval_at, feature_cost=feature_cost)
+    return r, time.perf_counter() - start
+
+
+_Packed = tuple[_Ordering, dict[str, PackedStream]]
+"""An ordering without its views, and its views packed."""
+
+
+def _packed(o: _Ordering) -> _Packed:
+    """``o`` as the workers get it: its views packed (:func:`pack`), none kept unpacked."""
+    return replace(o, views={}), {f: pack(v) for f, v in o.views.items()}
+
+
+def _parallel_runs(
+    orderings: Iterator[_Ordering],
+    strategies: Sequence[Strategy],
+    settings: tuple[float, int, Grid | None],
+    head: dict[str, np.ndarray],
+    ordered: parallel.Ordered,
+    threads: int,
+    progress: Progress,
+) -> Generator[tuple[_Ordering, list[dict[str, Any]]], None, None]:
+    """Each ordering with its runs, the runs of every ordering going to the workers of
+    ``ordered`` as one stream of calls, each run's BLAS held to ``threads``; in the serial
+    order, each ordering as soon as its runs are in.
+
+    A thread of its own loads the orderings (latent cache, pooled views, packing), one ahead of
+    the calls: the next ordering's runs are ready when a worker frees up, and the joblib thread
+    that takes calls only waits for one when loading is the slower.
+    """
+    if not strategies:
+        yield from ((o, []) for o in orderings)
+        return
+    taken: list[_Ordering] = []
+    failed: list[Exception] = []
+
+    def calls(ready: Iterator[_Packed]) -> Iterator[parallel.Call]:
+        try:
+            for o, streams in ready:
+                taken.append(o)
+                for s in strategies:
+                    cost = feature_flops(s.features, o.latent_shape)
+                    given = (*streams[s.features], head, o.seed, o.points, cost, threads)
+                    yield run_packed, (s.name, settings, *given)
+        except Exception as e:  # raised below, after the runs before it: joblib would drop the
+            failed.append(e)  # calls it had taken from here along with the error
+
+    with parallel.prefetched(map(_packed, orderings)) as ready:
+        done: list[dict[str, Any]] = []
+        for i, (r, seconds) in enumerate(ordered(calls(ready))):
+            o = taken[i // len(strategies)]
+            r["scenario"] = o.scenario
+            done.append(r)
+            progress.label = f"{o.scenario} run {o.seed} {r['strategy']}"
+            progress.step()
+            progress.line(_run_line(r, seconds))
+            if len(done) == len(strategies):
+                yield o, done
+                done = []
+    if failed:
+        raise failed[0]
+
+
 def bench(
     scenarios: Sequence[Callable[[int], Scenario]],
     names: Sequence[str],
@@ -523,6 +735,9 @@ def bench(
     progress_stream: TextIO = sys.stderr,
     on_ordering: Callable[[dict[str, Any]], object] | None = None,
     predictions_per_batch: int = PREDICTIONS_PER_BATCH,
+    jobs: int = 1,
+    dask: str | None = None,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Run strategies ``names`` on ``runs`` orderings of each scenario; JSON-ready results.
 
@@ -532,23 +747,43 @@ def bench(
     as it goes and stopped at any time. ``predictions_per_batch``: the frames the device is
     taken to classify per learned batch, which the life-cycle compute and its savings count
     beside the updates (:data:`~edge_cl.bench.report.PREDICTIONS_PER_BATCH` says why 300).
+
+    Serial runs (``jobs`` 1) hold numpy's BLAS to ``threads``. ``jobs`` > 1 runs that many runs
+    at once in worker processes, each held to ``max(1, threads // jobs)`` BLAS threads
+    (:func:`~edge_cl.bench.parallel.thread_share`), so that together they do not oversubscribe
+    the cores; ``dask``, a scheduler address, runs them on that Dask cluster instead, one per
+    worker thread and one BLAS thread each (``jobs`` is then not used). The results are the
+    serial study's but for the wall times (``seconds``, ``wall_seconds``), ``settings["jobs"]``
+    (runs at once) and ``settings["dask"]``, when their runs had as many BLAS threads as the
+    serial ones (``settings["blas_threads"]``): OpenBLAS splits the sums of some large matrix
+    products over its threads, so that their last bits, and sometimes a prediction, depend on
+    how many threads it had (cumulative retraining's, on the quick study).
     """
     if isinstance(predictions_per_batch, bool) or predictions_per_batch < 0:
         raise ConfigError(
             f"predictions per batch (--predictions-per-batch) must be an int >= 0, got "
             f"{predictions_per_batch!r}: 0 counts updates alone"
         )
+    parallel.check_jobs(jobs)
+    started = time.perf_counter()
     grid = cache.extractor.artifact.output_grid
     table = strategies(replay_mb, epochs, grid)
     unknown = [n for n in names if n not in table]
     if unknown:
         raise StrategyError(f"unknown strategies {unknown}; choose from {', '.join(table)}")
-    pretrained = PretrainedHead.from_arrays(head)
+    chosen = [table[n] for n in names]
+    orderings = _orderings(
+        scenarios,
+        runs,
+        cache,
+        PretrainedHead.from_arrays(head),
+        {s.features for s in chosen},
+        eval_points,
+    )
     results: list[dict[str, Any]] = []
     records: dict[str, dict[str, Any]] = {}
-    progress: Progress | None = None
     image_bytes = 0
-    settings = {
+    settings: dict[str, Any] = {
         "runs": runs,
         "strategies": list(names),
         "replay_mb": replay_mb,
@@ -556,39 +791,33 @@ def bench(
         "epochs": epochs,
         "eval_points": eval_points,
         "predictions_per_batch": predictions_per_batch,
+        "jobs": 1,
+        "blas_threads": threads,
     }
-    for build in scenarios:
-        for seed in range(runs):
-            scenario = build(seed)
-            record = records.setdefault(scenario.name, scenario_record(scenario))
-            record.setdefault("orderings", []).append(ordering_name(scenario, seed))
-            latents = load_stream(scenario, cache)
+    with contextlib.ExitStack() as stack:
+        if jobs == 1 and dask is None:
+            stack.enter_context(parallel.blas_limits(threads))
+            done = _serial_runs(orderings, chosen, head, len(scenarios) * runs, progress_stream)
+        else:
+            ordered, slots = stack.enter_context(parallel.workers(jobs, dask, shared=[head]))
+            settings["jobs"] = slots
+            if dask is not None:
+                settings["dask"] = dask
+            share = 1 if dask is not None else parallel.thread_share(threads, jobs)
+            settings["blas_threads"] = share
+            progress = Progress(len(scenarios) * runs * len(chosen), progress_stream)
+            done = _parallel_runs(
+                orderings, chosen, (replay_mb, epochs, grid), head, ordered, share, progress
+            )
+        stack.callback(done.close)  # before the workers go, if an on_ordering raised
+        for o, runs_done in done:
+            record = records.setdefault(o.scenario, o.record)
+            record.setdefault("orderings", []).append(o.name)
+            results += runs_done
             image_bytes = cache.extractor.resolution**2 * 3
-            views = {
-                "latent": latents,
-                "pool": pooled(latents, pretrained),
-                "latent-summary": latent_summaries(latents),
-            }
-            points = evaluation_points(len(latents.batches), eval_points)
-            if progress is None:
-                work = len(scenarios) * runs * len(names) * len(latents.batches)
-                progress = Progress(work, progress_stream)
-            for name in names:
-                s = table[name]
-                progress.label = f"{scenario.name} run {seed} {name}"
-                start = time.perf_counter()
-                stream = views[s.features]
-                cost = feature_flops(s.features, latents.test_x.shape[1:])
-                r = run(s, stream, head, seed, points, progress.step, cost)
-                r["scenario"] = scenario.name
-                results.append(r)
-                progress.line(
-                    f"{scenario.name} run {seed} {name:22s} final {100 * r['final_accuracy']:5.1f}%"
-                    f"  {sum(r['flops']) / 1e9:9.0f} GFLOP  {time.perf_counter() - start:6.1f} s"
-                )
             if on_ordering is not None:
-                on_ordering(_results(results, records, image_bytes, settings))
-    return _results(results, records, image_bytes, settings)
+                on_ordering(_results(results, records, image_bytes, settings, started))
+    return _results(results, records, image_bytes, settings, started)
 
 
 def _results(
@@ -596,6 +825,7 @@ def _results(
     records: dict[str, dict[str, Any]],
     image_bytes: int,
     settings: dict[str, Any],
+    started: float,
 ) -> dict[str, Any]:
     by_scenario = {}
     per_batch = int(settings["predictions_per_batch"])
@@ -608,4 +838,5 @@ def _results(
         "settings": {**settings, "input_image_bytes": image_bytes},
         "summary": by_scenario,
         "runs": runs,
+        "wall_seconds": round(time.perf_counter() - started, 3),
     }
