@@ -12,18 +12,51 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_cl.errors import ChecksumError, ManifestError
 from edge_cl.preprocess import Preprocessing
 
 MANIFEST_VERSION = 1
+PACKAGE_MODELS = Path(__file__).resolve().parents[1] / "models"
+"""The models a wheel carries, ``edge_cl/models/`` (``setup.py`` copies ``models/`` there)."""
+CHECKOUT_MODELS = Path(__file__).resolve().parents[2] / "models"
+"""The checkout's ``models/``, their source of truth (running from the tree, editable installs)."""
 
 
-def default_models_dir() -> Path:
-    """``$EDGE_CL_MODELS`` if set, else the ``models/`` folder of this checkout."""
+class ModelsDir(NamedTuple):
+    """A models folder and where it was found: ``"EDGE_CL_MODELS"``, ``"package"`` (inside
+    the installed edge_cl), ``"checkout"`` or ``"given"`` (passed to :meth:`Manifest.load`)."""
+
+    path: Path
+    origin: str
+
+
+def default_models_dir() -> ModelsDir:
+    """The models used when none are given: ``$EDGE_CL_MODELS``, else those packaged in the
+    installed edge_cl, else the checkout's ``models/``, the first with a ``manifest.json``.
+
+    A set ``$EDGE_CL_MODELS`` without a manifest is an error, not passed over, so that the
+    device never runs other models than the ones it was pointed at. ``ManifestError`` names
+    every place looked when none has a manifest.
+    """
     env = os.environ.get("EDGE_CL_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    if env:
+        if not (Path(env) / "manifest.json").is_file():
+            raise ManifestError(
+                f"EDGE_CL_MODELS={env} has no manifest.json: point it at a models folder, or "
+                "unset it to use the models installed with edge_cl"
+            )
+        return ModelsDir(Path(env), "EDGE_CL_MODELS")
+    for path, origin in ((PACKAGE_MODELS, "package"), (CHECKOUT_MODELS, "checkout")):
+        if (path / "manifest.json").is_file():
+            return ModelsDir(path, origin)
+    raise ManifestError(
+        f"no models found: EDGE_CL_MODELS is not set, and neither the installed package "
+        f"({PACKAGE_MODELS}) nor the checkout ({CHECKOUT_MODELS}) has a manifest.json. "
+        "Install edge_cl from its wheel (it carries the models), pass --models DIR or set "
+        "EDGE_CL_MODELS to a folder holding manifest.json"
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -62,15 +95,15 @@ class Artifact:
         """Return the file's path after checking its sha256; ``ChecksumError`` on mismatch."""
         if not self.path.is_file():
             raise ManifestError(
-                f"model file {self.path} is missing: restore it from the repository or rebuild it "
-                "with scripts/export_models.py"
+                f"model file {self.path} is missing: restore it from the repository (or "
+                "reinstall edge_cl) or rebuild it with scripts/export_models.py"
             )
         got = sha256_file(self.path)
         if got != self.sha256:
             raise ChecksumError(
                 f"{self.path.name}: sha256 {got[:16]}... does not match the manifest's "
                 f"{self.sha256[:16]}...; the file was modified or truncated: restore it "
-                "(git checkout models/) or re-export it"
+                "(git checkout models/, or reinstall edge_cl) or re-export it"
             )
         return self.path
 
@@ -150,11 +183,15 @@ class Manifest:
     model: str
     source: dict[str, Any]
     artifacts: tuple[Artifact, ...]
+    origin: str = "given"
+    """Where ``root`` was found (:class:`ModelsDir`); ``source`` is where the weights came from."""
 
     @classmethod
     def load(cls, root: str | os.PathLike[str] | None = None) -> Manifest:
         """Read ``manifest.json`` from ``root`` (default: :func:`default_models_dir`)."""
-        folder = Path(root) if root is not None else default_models_dir()
+        folder, origin = (
+            ModelsDir(Path(root), "given") if root is not None else default_models_dir()
+        )
         path = folder / "manifest.json"
         try:
             raw = json.loads(path.read_text())
@@ -171,7 +208,7 @@ class Manifest:
             )
         try:
             artifacts = tuple(_artifact(a, folder) for a in raw["artifacts"])
-            return cls(folder, raw["model"], raw["source"], artifacts)
+            return cls(folder, raw["model"], raw["source"], artifacts, origin)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ManifestError(f"{path} is malformed ({e!r}): re-export the models") from e
 
