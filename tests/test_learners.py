@@ -49,6 +49,7 @@ PROTOCOL = (
     "calibrate_unknown",
     "classes_",
     "forget",
+    "rename",
     "save",
     "load",
     "nbytes",
@@ -170,6 +171,32 @@ def test_a_checkpoint_round_trip_predicts_and_learns_identically(
     loaded.partial_fit(blobs(depth, more, 5), more)
     assert np.array_equal(loaded.predict_proba(probe), learner.predict_proba(probe))
     assert loaded.classes_ == learner.classes_ == ["b", "c", "a"]
+
+
+def test_rename_changes_only_the_name_and_survives_a_checkpoint(
+    case: tuple[str, str], tmp_path: Path
+) -> None:
+    name, depth = case
+    learner = fitted(name, depth)
+    probe = blobs(depth, PROBE, 3)
+    before, scores = learner.predict(probe), learner.decision_function(probe)
+    learner.rename("b", "mug")
+    assert learner.classes_ == ["a", "mug", "c"]
+    assert learner.predict(probe) == ["mug" if p == "b" else p for p in before]
+    assert np.array_equal(learner.decision_function(probe), scores)
+    with pytest.raises(LabelError, match="'c' is already a class"):
+        learner.rename("a", "c")
+    with pytest.raises(LabelError, match="unknown label 'b'"):
+        learner.rename("b", "pen")
+    with pytest.raises(LabelError, match="control characters"):
+        learner.rename("a", "a\nb")
+    assert learner.classes_ == ["a", "mug", "c"]  # the refusals changed nothing
+    learner.save(tmp_path / "learner.ckpt")
+    loaded = load_learner(tmp_path / "learner.ckpt", extractor_sha256=SHA)
+    assert loaded.classes_ == ["a", "mug", "c"] and loaded.predict(probe) == learner.predict(probe)
+    views = ["b"] * 6 + ["a"] * 6  # b's blob under its new name; the old name is free again
+    learner.partial_fit(blobs(depth, views, 6), ["mug"] * 6 + ["b"] * 6)
+    assert learner.classes_ == ["a", "mug", "c", "b"]
 
 
 def test_an_unfitted_learner_saves_and_loads(case: tuple[str, str], tmp_path: Path) -> None:

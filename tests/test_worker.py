@@ -22,7 +22,7 @@ from edge_cl.device.worker import (
     WorkerBusy,
     recalibrate,
 )
-from edge_cl.errors import ConfigError
+from edge_cl.errors import ConfigError, LabelError
 from edge_cl.extractor.manifest import Manifest
 from edge_cl.images import read_image
 from edge_cl.learner.ar1 import AR1Star
@@ -169,6 +169,27 @@ def test_forget_and_save_write_the_checkpoint(
         checkpoint.unlink()
         saved = worker.save().result(60)
     assert saved.ok and saved.checkpoint_bytes == checkpoint.stat().st_size
+
+
+def test_rename_keeps_what_was_learned_and_writes_the_checkpoint(
+    classifier: Classifier, latents: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "learner.ckpt"
+    probe = np.concatenate([latents[o][30:] for o in OBJECTS[:2]])
+    with LearnerWorker(classifier, checkpoint) as worker:
+        for obj in OBJECTS[:2]:
+            worker.learn(obj, latents[obj][:30])
+        assert worker.wait_idle(120) and worker.last_update is not None
+        before = [v.label for v in classifier.predict(probe)]
+        renamed = worker.rename(OBJECTS[0], "mug").result(60)
+        taken = worker.rename("mug", OBJECTS[1]).result(60)
+        with pytest.raises(LabelError, match="control characters"):
+            worker.rename("mug", "a\tb")
+    assert renamed.ok and renamed.classes == ("mug", OBJECTS[1])
+    assert not taken.ok and "already a class" in str(taken.error)
+    after = [v.label for v in classifier.predict(probe)]
+    assert after == ["mug" if b == OBJECTS[0] else b for b in before]
+    assert AR1Star.load(checkpoint).classes_ == ["mug", OBJECTS[1]]
 
 
 def test_unknown_accept_is_set_live_and_recalibrates_a_copy(

@@ -69,6 +69,23 @@ class TeachBuffer:
         return np.stack([self._kept[i] for i in index])
 
 
+def device_label(label: object) -> Label:
+    """``label`` checked as the device's classes must be (:func:`check_label`, and at most
+    ``MAX_LABEL_BYTES`` of UTF-8 so the MCU can show it); ``LabelError`` otherwise.
+
+    >>> device_label("cup")
+    'cup'
+    """
+    checked = check_label(label)
+    try:
+        size = len(str(checked).encode())
+    except UnicodeEncodeError as e:  # a lone surrogate, e.g. "\ud800" in the JSON request
+        raise LabelError(f"label {label!r} is not valid Unicode text: {e.reason}") from e
+    if size > MAX_LABEL_BYTES:
+        raise LabelError(f"label {label!r} is longer than {MAX_LABEL_BYTES} bytes of UTF-8")
+    return checked
+
+
 class TeachSession:
     """The device's one teach at a time, learned by ``worker``: :meth:`start` a label, offer
     each frame's latent (:meth:`offer`), then :meth:`stop` to queue learning ``target_frames``
@@ -129,13 +146,7 @@ class TeachSession:
         """Start collecting frames of ``label``. ``LabelError`` for a label the MCU could not
         show, ``WorkerBusy`` if the learner has no room for its job, ``TeachError`` if a teach
         is in progress."""
-        checked = check_label(label)
-        try:
-            size = len(str(checked).encode())
-        except UnicodeEncodeError as e:  # a lone surrogate, e.g. "\ud800" in the JSON request
-            raise LabelError(f"label {label!r} is not valid Unicode text: {e.reason}") from e
-        if size > MAX_LABEL_BYTES:
-            raise LabelError(f"label {label!r} is longer than {MAX_LABEL_BYTES} bytes of UTF-8")
+        checked = device_label(label)
         if not self.worker.has_room():
             raise WorkerBusy(
                 f"cannot teach {checked!r} now: the learner has {MAX_QUEUED_UPDATES} updates "

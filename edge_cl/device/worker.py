@@ -24,7 +24,7 @@ from edge_cl.device.classifier import Classifier
 from edge_cl.device.config import check_unknown_accept
 from edge_cl.device.state import DeviceState
 from edge_cl.errors import EdgeClError
-from edge_cl.learner.labels import Label
+from edge_cl.learner.labels import Label, check_label
 from edge_cl.learner.protocol import Learner, replay_memory
 
 log = logging.getLogger("edge_cl.device")
@@ -93,10 +93,11 @@ class _Job:
     since: float
     future: Future[JobResult]
     accept: float | None = None  # a recalibrate job's new unknown_accept
+    new_label: Label | None = None  # a rename job's new name for ``label``
 
 
 class LearnerWorker:
-    """A thread running learn / forget / recalibrate / save jobs in order; each returns a
+    """A thread running learn / forget / rename / recalibrate / save jobs in order; each returns a
     ``Future[JobResult]``.
 
     The model is any :class:`~edge_cl.learner.protocol.Learner`. ``checkpoint`` is written
@@ -144,6 +145,9 @@ class LearnerWorker:
         self._queued_save: Future[JobResult] | None = None  # a save not yet started
         self._state = DeviceState.IDLE
         self._dirty = False
+        self.last_update: float | None = None
+        """``time.monotonic()`` when the model in use last changed (learn, forget, rename,
+        recalibrate), or None since start."""
         self._thread = threading.Thread(target=self._run, name="edge-cl-learner", daemon=True)
 
     # ------------------------------------------------------------------------------ control
@@ -212,6 +216,11 @@ class LearnerWorker:
         """Queue forgetting ``label``; ``WorkerBusy`` if :data:`MAX_QUEUED_UPDATES` jobs wait."""
         return self._submit("forget", label, None, None)
 
+    def rename(self, label: Label, new: Label) -> Future[JobResult]:
+        """Queue calling class ``label`` ``new`` (all it learned kept); ``LabelError`` now if
+        ``new`` is not a valid label, ``WorkerBusy`` if :data:`MAX_QUEUED_UPDATES` jobs wait."""
+        return self._submit("rename", label, None, None, new_label=check_label(new))
+
     def set_unknown_accept(self, accept: float) -> Future[JobResult]:
         """Queue setting ``unknown_accept`` and recalibrating the model in use with it (on a
         copy, swapped in whole, then checkpointed, like a learn); the jobs queued before it
@@ -242,6 +251,7 @@ class LearnerWorker:
         since: float | None,
         reserved: bool = False,
         accept: float | None = None,
+        new_label: Label | None = None,
     ) -> Future[JobResult]:
         with self._idle:
             if not reserved and self._waiting_updates >= MAX_QUEUED_UPDATES:
@@ -250,7 +260,7 @@ class LearnerWorker:
                     "it is idle (status shows learner_state)"
                 )
             self._waiting_updates += 1
-            return self._submit_locked(kind, label, latents, since, accept)
+            return self._submit_locked(kind, label, latents, since, accept, new_label)
 
     def _submit_locked(
         self,
@@ -259,10 +269,12 @@ class LearnerWorker:
         latents: np.ndarray | None,
         since: float | None,
         accept: float | None = None,
+        new_label: Label | None = None,
     ) -> Future[JobResult]:
         future: Future[JobResult] = Future()
         self._pending += 1
-        self._queue.put(_Job(kind, label, latents, since or time.monotonic(), future, accept))
+        job = _Job(kind, label, latents, since or time.monotonic(), future, accept, new_label)
+        self._queue.put(job)
         return future
 
     # ------------------------------------------------------------------------------- thread
@@ -305,6 +317,8 @@ class LearnerWorker:
                 model.partial_fit(job.latents, [job.label] * len(job.latents))
             elif job.kind == "forget":
                 model.forget(job.label)
+            elif job.kind == "rename":
+                model.rename(job.label, job.new_label)
             recalibrate(model, accept)
         except EdgeClError as e:
             return JobResult(
@@ -314,6 +328,7 @@ class LearnerWorker:
         seconds = time.perf_counter() - start
         self.classifier.swap(model)
         self._dirty = True
+        self.last_update = time.monotonic()
         result = JobResult(
             job.kind,
             job.label,

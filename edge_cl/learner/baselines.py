@@ -186,6 +186,10 @@ class _ClassMeanLearner(ABC):
         self._counts[index] = 0
         self._version += 1
 
+    def rename(self, old: object, new: object) -> None:
+        """Call class ``old`` ``new``: only the name changes (:meth:`LabelMap.rename`)."""
+        self.labels.rename(old, new)
+
     # -------------------------------------------------------------------------- footprint
     def _arrays(self) -> list[np.ndarray]:
         return [self._means, self._counts]

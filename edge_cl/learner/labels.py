@@ -109,6 +109,27 @@ class LabelMap:
         self._labels[index] = None
         return index
 
+    def rename(self, old: object, new: object) -> int:
+        """Give ``old``'s index to the label ``new``; returns that index. ``LabelError`` if
+        ``old`` is not known or ``new`` already is (forget it first, or pick another name).
+
+        >>> m = LabelMap()
+        >>> _ = m.fit(["cup", "pen"])
+        >>> m.rename("cup", "mug"), m.labels
+        (0, ['mug', 'pen'])
+        """
+        key, name = check_label(old), check_label(new)
+        if key not in self._index:
+            raise LabelError(f"unknown label {key!r}; known: {self.labels}")
+        if name in self._index and name != key:
+            raise LabelError(
+                f"{name!r} is already a class: forget it first, or choose another name"
+            )
+        index = self._index.pop(key)
+        self._index[name] = index
+        self._labels[index] = name
+        return index
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-ready state."""
         return {"labels": list(self._labels)}

@@ -464,6 +464,11 @@ class LatentNetwork:
             self.novelty_classes[keep],
         )
 
+    def rename(self, old: object, new: object) -> None:
+        """Call class ``old`` ``new``: weights, counts, replay and novelty scores are kept by
+        class index, so only the name changes (:meth:`LabelMap.rename`)."""
+        self.labels.rename(old, new)
+
     # ------------------------------------------------------------------------------- footprint
     @property
     def nbytes(self) -> int:

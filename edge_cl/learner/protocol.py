@@ -118,6 +118,11 @@ class Learner(Protocol):
         """Drop a class; ``LabelError`` if it is not known."""
         ...
 
+    def rename(self, old: object, new: object, /) -> None:
+        """Call class ``old`` ``new`` from now on, keeping all it learned; ``LabelError`` if
+        ``old`` is not known or ``new`` already is."""
+        ...
+
     def save(self, path: str | os.PathLike[str], /) -> int:
         """Write the whole state atomically; returns the bytes written."""
         ...
@@ -278,3 +283,20 @@ def replay_memory(learner: object) -> ReplayMemory | None:
     """
     memory = getattr(learner, "memory", None)
     return memory if isinstance(memory, ReplayMemory) else None
+
+
+def stored_patterns(learner: object) -> dict[Label, int] | None:
+    """Patterns of each known class the learner's replay memory holds (the AR1* family), or
+    None for a learner keeping no replay memory.
+
+    >>> from edge_cl.learner.baselines import NearestClassMean
+    >>> stored_patterns(NearestClassMean()) is None
+    True
+    """
+    memory = replay_memory(learner)
+    labels = getattr(learner, "labels", None)
+    if memory is None or not isinstance(labels, LabelMap):
+        return None
+    counts = memory.counts()
+    known = labels.labels
+    return {k: counts.get(int(i), 0) for k, i in zip(known, labels.transform(known), strict=True)}

@@ -107,6 +107,10 @@ class _SklearnHead(ABC):
     def forget(self, label: object) -> None:
         """Drop a class; ``LabelError`` if it is not known."""
 
+    def rename(self, old: object, new: object) -> None:
+        """Call class ``old`` ``new``: only the name changes (:meth:`LabelMap.rename`)."""
+        self.labels.rename(old, new)
+
     @property
     @abstractmethod
     def nbytes(self) -> int:
