@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -16,6 +15,7 @@ import numpy as np
 
 from edge_cl import __version__
 from edge_cl.bench.filelists import Scenario
+from edge_cl.bench.parallel import blas_limits
 from edge_cl.bench.scenarios import DEFAULT_DATASETS, SUITES, available, image_folder
 from edge_cl.device.cli import add_device_commands
 from edge_cl.errors import DatasetError, EdgeClError
@@ -41,7 +41,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"onnxruntime: {', '.join(providers) if providers else 'not installed'}")
     print(f"litert: {litert_backend.available() or 'not installed (pip install ai-edge-litert)'}")
     manifest = Manifest.load(args.models)
-    print(f"models: {manifest.root}  ({manifest.model}, {manifest.source.get('package')})")
+    origin = "--models" if args.models is not None else manifest.origin
+    weights = f"{manifest.model}, {manifest.source.get('package')}"
+    print(f"models: {manifest.root}  (from {origin}; {weights})")
     status_ok = True
     for a in manifest.artifacts:
         try:
@@ -128,17 +130,6 @@ def _study_inputs(
     return manifest, cache, [builder(name) for name in names], runs
 
 
-def _blas_limits(threads: int) -> contextlib.AbstractContextManager[Any]:
-    """numpy's BLAS held to ``threads`` (studies run side by side must not oversubscribe the
-    cores); a no-op without threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    limits: contextlib.AbstractContextManager[Any] = threadpool_limits(threads)
-    return limits
-
-
 QUICK = {
     "scenario": ["coil100-clutter-nc", "coil100-clutter-ni"],
     "suite": None,
@@ -191,7 +182,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write(args.markdown, report, final)
         return report
 
-    with _blas_limits(args.threads):
+    with blas_limits(args.threads):
         result = study.bench(
             scenarios,
             args.strategies.split(","),
@@ -203,8 +194,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.epochs,
             predictions_per_batch=args.predictions_per_batch,
             on_ordering=lambda partial: save(partial, final=False),
+            jobs=args.jobs,
+            dask=args.dask,
+            threads=args.threads,
         )
     print("\n" + save(result, final=True))
+    at_once = result["settings"]["jobs"]
+    where = f" on the Dask cluster at {args.dask}" if args.dask else ""
+    print(f"wall time: {result['wall_seconds']:.1f} s, runs at once: {at_once}{where}")
     print(f"latent cache: {cache.nbytes / 2**20:.1f} MB at {cache.store} (--clear-cache)")
     if args.quick:
         failures = study_report.quick_check(result)
@@ -220,7 +217,7 @@ def cmd_bench_openset(args: argparse.Namespace) -> int:
     from edge_cl.extractor.imagenet import head_arrays
 
     manifest, cache, scenarios, runs = _study_inputs(args, args.scenario)
-    with _blas_limits(args.threads):
+    with blas_limits(args.threads):
         result = openset.bench_openset(
             scenarios, cache, head_arrays(manifest.head()), runs, args.at, args.accept
         )
@@ -379,6 +376,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="two small dev streams, 2 runs each; exit 1 if the default AR1* ends more than 3 "
         "points behind cumulative retraining or more than 1 behind streaming LDA",
+    )
+    bench.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs (one strategy over one ordering) at once, in that many worker processes, "
+        "each with numpy's BLAS held to max(1, --threads // --jobs) threads; 1 runs them one "
+        "after another here, BLAS held to --threads. The figures are the same but for the "
+        "timings when the runs have as many BLAS threads (settings.blas_threads): at the "
+        "default --threads 2, --jobs 2 gives those of --jobs 1 --threads 1 (OpenBLAS sums "
+        "some large products in an order that depends on its threads)",
+    )
+    bench.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        default=None,
+        help="run the runs on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786) "
+        "instead, one per worker thread, each held to 1 BLAS thread; --jobs is then not used. "
+        "Its workers need edge_cl installed; this needs pip install 'edge_cl[cluster]'",
     )
     runtime_options(bench)
     bench.set_defaults(func=cmd_bench, runtime="litert", precision="int8", threads=2)

@@ -122,13 +122,23 @@ def test_every_command(running: Running) -> None:
     assert running.ctl("labels")["labels"] == ["blue ball"]
     assert AR1Star.load(saved["checkpoint"]).classes_ == ["blue ball"]
 
+    renamed = running.ctl("rename", label="blue ball", to="ball")
+    assert renamed == {"ok": True, "renamed": "blue ball", "to": "ball", "classes": ["ball"]}
+    status = running.ctl("status")
+    assert status["classes"] == ["ball"] and status["patterns"][0][0] == "ball"
+    assert status["patterns"][0][1] > 0 and status["last_update_s"] >= 0
+    for bad, error in (({"label": "cube"}, "known label"), ({"label": "ball"}, "new name")):
+        refused = running.ctl("rename", **bad)
+        assert not refused["ok"] and error in refused["error"], refused
+    assert AR1Star.load(saved["checkpoint"]).classes_ == ["ball"]
+
 
 @pytest.mark.parametrize(
     ("data", "error"),
     [
         (b"status\n", "malformed JSON"),
         (b"[1, 2]\n", "must be a JSON object"),
-        (b'{"cmd": "dance"}\n', "unknown command 'dance'; commands: forget, labels"),
+        (b'{"cmd": "dance"}\n', "unknown command 'dance'; commands: forget, labels, predict"),
         (b'{"label": "cup"}\n', "unknown command None"),
         (b'{"cmd": "teach"}\n', "teach needs a label"),
         (b'{"cmd": "teach", "label": ""}\n', "1 to 64 characters"),
@@ -345,6 +355,20 @@ def test_unknown_accept_is_set_live_refused_when_bad_and_shown_in_status(
     assert main(["ctl", "unknown-accept", "2", "--socket", str(running.path)]) == 1
     assert "must be a number in (0, 1]" in json.loads(capsys.readouterr().out)["error"]
     assert running.ctl("status")["unknown_accept"] == 0.5
+
+
+def test_ctl_rename_takes_the_old_and_the_new_name(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    teach(running, "red cube")
+    sock = ["--socket", str(running.path)]
+    assert main(["ctl", "rename", "red cube", "cube", *sock]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == ["cube"]
+    assert main(["ctl", "rename", "cube", *sock]) == 2
+    assert "needs the new name: edge-cl ctl rename cup mug" in capsys.readouterr().err
+    assert main(["ctl", "rename", "cube", "nothing\x07", *sock]) == 1
+    assert "control characters" in json.loads(capsys.readouterr().out)["error"]
+    assert running.ctl("labels")["labels"] == ["cube"]
 
 
 def test_the_log_line_and_the_predict_reply_say_unknown_not_the_best_guess(

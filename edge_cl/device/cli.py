@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_cl.device.config import detect_camera, load_config, parse_assignments
+from edge_cl.device.config import DEFAULT_UI, detect_camera, load_config, parse_assignments
 from edge_cl.errors import ConfigError, LabelError
 from edge_cl.learner.registry import DEFAULT_LEARNER, LEARNERS
 
@@ -20,6 +20,7 @@ CONTROL_COMMANDS = (
     "predict",
     "save",
     "forget",
+    "rename",
     "labels",
     "unknown-accept",
 )
@@ -52,12 +53,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         "max_seconds": args.max_seconds,
         "max_frames": args.max_frames,
         "models": args.models,
+        "ui": args.ui,
+        "ui_public": True if args.ui_public else None,
     }
     given = {k: str(v) for k, v in options.items() if v is not None}
-    if args.config is None and not args.set and not given:
+    if args.config is None and not args.set and not set(given) - {"ui", "ui_public"}:
         camera = detect_camera()
         if camera is None:
             print("edge-cl run: no camera and no configuration: running the demo", file=sys.stderr)
+            args.ui = args.ui or DEFAULT_UI  # the demo shows its page unless told not to
             return cmd_demo(args)
         given["source"] = camera
     _logging(logging.INFO)
@@ -81,6 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         teach_seconds=getattr(args, "teach_seconds", 1.5),
         seed=getattr(args, "seed", 0),
         learner=getattr(args, "learner", DEFAULT_LEARNER),
+        ui=getattr(args, "ui", DEFAULT_UI),
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -92,9 +97,13 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     """Send one command to a running ``edge-cl run`` over its control socket."""
     from edge_cl.device.control import send_command
 
-    if args.cmd in ("teach", "forget") and not args.argument:
+    if args.cmd in ("teach", "forget", "rename") and not args.argument:
         raise LabelError(f"edge-cl ctl {args.cmd} needs a LABEL: edge-cl ctl {args.cmd} cup")
     request: dict[str, Any] = {"cmd": args.cmd}
+    if args.cmd == "rename":
+        if not args.to:
+            raise LabelError("edge-cl ctl rename needs the new name: edge-cl ctl rename cup mug")
+        request["to"] = args.to
     if args.cmd == "unknown-accept":
         try:
             request["value"] = float(args.argument)
@@ -131,6 +140,20 @@ def add_device_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     run.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
     run.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     run.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    run.add_argument(
+        "--ui",
+        nargs="?",
+        const=DEFAULT_UI,
+        default=None,
+        metavar="HOST:PORT",
+        help=f"serve the web page (live view, teach, rename, forget) at {DEFAULT_UI} or here",
+    )
+    run.add_argument(
+        "--ui-public",
+        action="store_true",
+        help="allow --ui on an address other than the loopback; a token printed at start is "
+        "then needed to open the page",
+    )
     run.set_defaults(func=cmd_run, images=None)
 
     demo = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
@@ -154,6 +177,13 @@ def add_device_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         + "; ".join(spec.describe() for spec in LEARNERS.values()),
     )
     demo.add_argument("--json", type=Path, default=None, help="write the summary here")
+    demo.add_argument(
+        "--ui",
+        default=DEFAULT_UI,
+        metavar="HOST:PORT",
+        help="serve the web page here while the demo runs (a free port if this one is taken)",
+    )
+    demo.add_argument("--no-ui", dest="ui", action="store_const", const=None, help="no web page")
     demo.add_argument("-v", "--verbose", action="store_true", help="show the device loop's log")
     demo.set_defaults(func=cmd_demo)
 
@@ -164,9 +194,10 @@ def add_device_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         nargs="?",
         default=None,
         metavar="LABEL|VALUE",
-        help="the label of teach and forget; the share of taught views that pass, for "
+        help="the label of teach, forget and rename; the share of taught views that pass, for "
         "unknown-accept (0 < VALUE <= 1)",
     )
+    ctl.add_argument("to", nargs="?", default=None, metavar="NEW", help="rename: the new name")
     ctl.add_argument("--socket", type=Path, default=None, help="default: from the config")
     ctl.add_argument("--config", type=Path, default=None, help="TOML file naming the socket")
     ctl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -17,7 +17,7 @@ from edge_cl.device.classifier import Classifier
 from edge_cl.device.config import check_unknown_accept
 from edge_cl.device.control import Handler
 from edge_cl.device.metrics import FrameMetrics
-from edge_cl.device.teach import TeachError, TeachSession
+from edge_cl.device.teach import TeachError, TeachSession, device_label
 from edge_cl.device.worker import LearnerWorker, WorkerBusy
 from edge_cl.errors import ConfigError, EdgeClError, LabelError
 from edge_cl.learner.labels import Label
@@ -71,7 +71,7 @@ def unknown_threshold(model: Learner) -> float | None:
 
 
 class Commands:
-    """Teach, stop, save, forget, unknown-accept and the queries, for the control socket
+    """Teach, stop, save, forget, rename, unknown-accept and the queries, for the control socket
     (:meth:`handlers`) and the MCU (:meth:`on_mcu`; the protocol has no unknown-accept).
     ``status`` answers the ``status`` command; ``report`` sends
     the MCU an ERROR (a TEACH_STOP that had no frame to learn from).
@@ -116,8 +116,8 @@ class Commands:
         self.report = report
 
     def handlers(self) -> dict[str, Handler]:
-        """The control socket's commands: teach, stop, status, predict, save, forget, labels,
-        unknown-accept."""
+        """The control socket's commands (and the web page's): teach, stop, status, predict,
+        save, forget, rename, labels, unknown-accept."""
         return {
             "teach": self._teach,
             "stop": self._stop,
@@ -125,6 +125,7 @@ class Commands:
             "predict": self._predict,
             "save": self._save,
             "forget": self._forget,
+            "rename": self._rename,
             "labels": lambda request: {"labels": self.classifier.learner.classes_},
             "unknown-accept": self._unknown_accept,
         }
@@ -219,3 +220,20 @@ class Commands:
         if not result.ok:
             raise JobFailed(str(result.error))
         return {"forgot": label, "classes": list(result.classes)}
+
+    def _rename(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Call the known class ``request["label"]`` ``request["to"]``, keeping all it learned."""
+        name, new = request.get("label"), request.get("to")
+        classes = self.classifier.learner.classes_
+        label = known_label(classes, name) if isinstance(name, str) else None
+        if label is None:
+            raise LabelError(
+                f"rename needs a known label, got {name!r}; known: {classes}: "
+                '{"cmd": "rename", "label": "cup", "to": "mug"}'
+            )
+        if not isinstance(new, str):
+            raise LabelError(f'rename needs the new name as a string in "to", got {new!r}')
+        result = self.worker.rename(label, device_label(new)).result(JOB_TIMEOUT)
+        if not result.ok:
+            raise JobFailed(str(result.error))
+        return {"renamed": label, "to": new, "classes": list(result.classes)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import ipaddress
 import logging
 import math
 import os
@@ -49,6 +50,54 @@ MAX_CAPTURE_SIDE = 8192
 """Upper bounds of the numeric keys: beyond them a setting is a typo, not a device."""
 MOVED_KEYS = ("replay_mb", "replay_per_epoch", "replay_grid", "epochs")
 """Flat keys of earlier versions, now options of the learner (``learner.KEY``)."""
+
+
+DEFAULT_UI = "127.0.0.1:8080"
+"""Where ``edge-cl run --ui`` and the demo serve the web page."""
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as ``(host, port)``; port 0 takes a free one.
+
+    >>> parse_address("127.0.0.1:8080"), parse_address("[::1]:0")
+    (('127.0.0.1', 8080), ('::1', 0))
+    >>> parse_address("8080")
+    Traceback (most recent call last):
+    ...
+    edge_cl.errors.ConfigError: ui = '8080': expected HOST:PORT, e.g. 127.0.0.1:8080
+    """
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"ui = {address!r}: expected HOST:PORT, e.g. {DEFAULT_UI}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``).
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_ui_address(address: str, public: bool) -> tuple[str, int]:
+    """``address`` parsed, refused with a ``ConfigError`` when it is not a loopback one and
+    ``public`` was not given: the page can teach and forget, so nobody on the network may reach
+    it by accident."""
+    host, port = parse_address(address)
+    if not is_loopback(host) and not public:
+        raise ConfigError(
+            f"ui = {address!r} would serve the device's page to the network: set ui_public = "
+            "true (edge-cl run --ui-public) to do so with a token, or bind 127.0.0.1"
+        )
+    return host, port
 
 
 def check_unknown_accept(value: object) -> float:
@@ -132,6 +181,9 @@ class DeviceConfig:
       ``prediction_hz``: PREDICTION frames per second at most.
     - ``log_interval``: seconds between log lines; ``preview``, ``preview_fps``: an annotated
       MJPEG file (None: off).
+    - ``ui``: serve the device's web page at ``HOST:PORT`` (None: off; ``edge-cl run --ui``
+      takes :data:`DEFAULT_UI`); ``ui_public``: allow an address other than the loopback,
+      which then needs the token printed at start (:mod:`edge_cl.device.webui`).
     - ``max_seconds``, ``max_frames``: stop after that long or that many frames (None: never).
 
     >>> c = DeviceConfig(state_dir=Path("/var/lib/edge-cl"), fps=15)
@@ -166,6 +218,8 @@ class DeviceConfig:
     log_interval: float = 5.0
     preview: Path | None = None
     preview_fps: float = 5.0
+    ui: str | None = None
+    ui_public: bool = False
     max_seconds: float | None = None
     max_frames: int | None = None
 
@@ -213,6 +267,8 @@ class DeviceConfig:
             "capture_size",
             f"width and height must be from 1 to {MAX_CAPTURE_SIDE}",
         )
+        if self.ui is not None:
+            check_ui_address(self.ui, self.ui_public)
         self._check_learner()
 
     def _check_learner(self) -> None:

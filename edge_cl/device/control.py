@@ -135,23 +135,7 @@ class ControlServer:
             request = json.loads(line)
         except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, 4300+ digits, too deep
             return _refuse(f'malformed JSON ({e}): send one object per line, {{"cmd": "status"}}')
-        if not isinstance(request, dict):
-            return _refuse(
-                f'a request must be a JSON object like {{"cmd": "status"}}, got {line!r}'
-            )
-        name = request.get("cmd")
-        handler = self.commands.get(name) if isinstance(name, str) else None
-        if handler is None:
-            return _refuse(
-                f"unknown command {name!r}; commands: {', '.join(sorted(self.commands))}"
-            )
-        try:
-            return {"ok": True, **handler(request)}
-        except EdgeClError as e:
-            return _refuse(str(e))
-        except Exception as e:  # a bug in one command must not take the control channel down
-            log.exception("control command %r failed", name)
-            return _refuse(f"internal error in {name!r}: {e!r}")
+        return dispatch(self.commands, request, line)
 
     def _accept(self) -> None:
         assert self._sock is not None
@@ -221,6 +205,32 @@ def _read_line(conn: socket.socket, pending: bytes, deadline: float) -> tuple[by
         pending += chunk
     line, _, rest = pending.partition(b"\n")
     return line + b"\n", rest
+
+
+def dispatch(
+    commands: Mapping[str, Handler], request: object, raw: object = None
+) -> dict[str, Any]:
+    """The reply to one decoded ``request`` (``raw``: what to quote when it is not an object);
+    never raises. The control socket and the web page (:mod:`edge_cl.device.webui`) both
+    answer through it, so a command has one implementation and the same refusals on both.
+
+    >>> dispatch({"status": lambda req: {"state": "idle"}}, {"cmd": "stat"})
+    {'ok': False, 'error': "unknown command 'stat'; commands: status"}
+    """
+    if not isinstance(request, dict):
+        shown = request if raw is None else raw
+        return _refuse(f'a request must be a JSON object like {{"cmd": "status"}}, got {shown!r}')
+    name = request.get("cmd")
+    handler = commands.get(name) if isinstance(name, str) else None
+    if handler is None:
+        return _refuse(f"unknown command {name!r}; commands: {', '.join(sorted(commands))}")
+    try:
+        return {"ok": True, **handler(request)}
+    except EdgeClError as e:
+        return _refuse(str(e))
+    except Exception as e:  # a bug in one command must not take the control channel down
+        log.exception("control command %r failed", name)
+        return _refuse(f"internal error in {name!r}: {e!r}")
 
 
 def _refuse(error: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import random
 import re
+import socket
 import sys
 import tempfile
 import threading
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from edge_cl.device.classifier import NOTHING_IN_VIEW, Verdict
-from edge_cl.device.config import DeviceConfig
+from edge_cl.device.config import DEFAULT_UI, DeviceConfig, parse_address
 from edge_cl.device.loop import DeviceLoop
 from edge_cl.errors import DatasetError, LabelError
 from edge_cl.learner.registry import DEFAULT_LEARNER
@@ -270,6 +271,8 @@ class Driver:
     def _script(self) -> None:
         if not self.loop.ready.wait(60) or not self.mcu.connect(10.0):
             raise TimeoutError("the device loop did not start within 60 s")
+        if self.loop.ui is not None:
+            self.say(f"web page: {self.loop.ui.url} (while the demo runs)")
         worker = self.loop.worker
         for i, obj in enumerate(self.objects, start=1):
             self.show(obj, False)
@@ -294,6 +297,22 @@ class Driver:
         )
         self._measure("test", (*self.objects, *self.never_taught) * 2, 1.0, True)
         self.show(None, False)
+
+
+def free_address(address: str) -> str:
+    """``address`` (``HOST:PORT``) if its port can be bound now, else the same host with port
+    0 (any free one): a demo must not fail because something else serves 8080.
+
+    >>> free_address("127.0.0.1:0")
+    '127.0.0.1:0'
+    """
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):
+            return address
+    except OSError:
+        return f"[{host}]:0" if ":" in host else f"{host}:0"
 
 
 def scene_objects(
@@ -323,11 +342,13 @@ def run_demo(
     teach_seconds: float = 1.5,
     seed: int = 0,
     learner: str = DEFAULT_LEARNER,
+    ui: str | None = DEFAULT_UI,
     out: TextIO = sys.stdout,
 ) -> dict[str, Any]:
     """Run the demo (about a minute) with ``learner`` (a name of
     :data:`edge_cl.learner.registry.LEARNERS`, on the features it eats), teaching ``objects``
-    objects and holding :data:`NEVER_TAUGHT` back; returns the loop's summary plus the phases'
+    objects and holding :data:`NEVER_TAUGHT` back, with its web page at ``ui`` (another port if
+    that one is taken; None: none); returns the loop's summary plus the phases'
     accuracy and, under ``never_taught``, those objects and the share of their test views the
     device flagged unknown."""
     if objects < 2:
@@ -354,6 +375,7 @@ def run_demo(
             control_socket=state_dir / "edge-cl.sock",
             log_interval=3600.0,
             learner=learner,
+            ui=None if ui is None else free_address(ui),
         )
         tally = Tally()
         loop = DeviceLoop(config, scene, observer=tally.observe)

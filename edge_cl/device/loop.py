@@ -18,13 +18,14 @@ Its parts: :class:`~edge_cl.device.teach.TeachSession` (the teach in progress),
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_cl.device.classifier import Classifier, Verdict
 from edge_cl.device.commands import Commands, unknown_threshold
@@ -37,10 +38,13 @@ from edge_cl.device.state import DeviceState
 from edge_cl.device.teach import TeachSession
 from edge_cl.device.worker import JobResult, LearnerWorker
 from edge_cl.errors import FrameError
-from edge_cl.learner.protocol import replay_memory
+from edge_cl.learner.protocol import replay_memory, stored_patterns
 from edge_cl.learner.registry import learner_name
 from firmware_bridge.protocol import ErrorCode, SerialLink, Status
 from firmware_bridge.sources import CapturedFrame, FrameSource, LatestFrame, open_source
+
+if TYPE_CHECKING:
+    from edge_cl.device.webui import WebUi
 
 log = logging.getLogger("edge_cl.device")
 
@@ -116,6 +120,8 @@ class DeviceLoop:
             else None
         )
         """The MCU link, when the config names a port (or ``link`` is given)."""
+        self.ui: WebUi | None = None
+        """The web page while :meth:`run` serves it (``config.ui``), else None."""
         self._stopping = threading.Event()
         self._stopped_by = ""
         self._state_lock = threading.Lock()
@@ -151,19 +157,30 @@ class DeviceLoop:
 
     def status(self) -> dict[str, Any]:
         """What the loop is doing now (the ``status`` control command): state, teach, learner,
-        classes, the newest verdict (``verdict``, ``empty``: nothing in view), the unknown
+        classes and the replay patterns each holds (``patterns``, None without replay), the
+        newest verdict (``verdict``, ``empty``: nothing in view) and its latency, the recent
+        ``fps``, seconds since the model last changed (``last_update_s``), the unknown
         settings, frames, accuracy, jobs, checkpoint, MCU, memory."""
         learner = self.classifier.learner
         teaching = self.teaching.current
         latest = self.metrics.latest
+        stored = stored_patterns(learner)
+        fps = self.metrics.recent_fps()
+        changed = self.worker.last_update
         return {
             "state": self._state.value,
             "teaching": teaching.label if teaching is not None else None,
             "teach_frames": teaching.seen if teaching is not None else 0,
             "learner": learner_name(learner),
             "classes": learner.classes_,
+            "patterns": None if stored is None else [[k, n] for k, n in stored.items()],
             "verdict": latest["verdict"] if latest is not None else None,
+            "unknown": latest["unknown"] if latest is not None else False,
             "empty": latest["empty"] if latest is not None else False,
+            "confidence": latest["confidence"] if latest is not None else None,
+            "latency_ms": latest["latency_ms"] if latest is not None else None,
+            "fps": round(fps, 1) if fps is not None else None,
+            "last_update_s": None if changed is None else round(time.monotonic() - changed, 1),
             "unknown_accept": self.worker.unknown_accept,
             "unknown_threshold": unknown_threshold(learner),
             "background_label": self.classifier.background_label,
@@ -224,7 +241,16 @@ class DeviceLoop:
         """Serve the control socket and the MCU and run the frames until stopped; the source's
         counters."""
         config, source = self.config, self.source
-        with ControlServer(config.socket_path, self.commands()).start():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(ControlServer(config.socket_path, self.commands()).start())
+            if config.ui is not None:
+                from edge_cl.device.webui import WebUi  # aiohttp is imported only when served
+
+                ui = WebUi(config.ui, self.commands(), public=config.ui_public)
+                self.ui = stack.enter_context(ui.start())
+                stack.callback(setattr, self, "ui", None)
+                if ui.public:
+                    log.warning("web page open to the network, with its token: %s", ui.url)
             if self.bridge is not None:
                 self.bridge.start()
                 self.bridge.greeted.wait(GREETING_TIMEOUT)
@@ -304,6 +330,8 @@ class DeviceLoop:
             )
         if preview is not None:
             preview.write(frame.image, verdict.text())
+        if self.ui is not None:
+            self.ui.offer(frame.image, verdict.text())
         if self.observer is not None:
             self.observer(frame, verdict)
         if not self.ready.is_set():

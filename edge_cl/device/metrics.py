@@ -21,6 +21,8 @@ log = logging.getLogger("edge_cl.device")
 
 LATENCIES_KEPT = 2000
 """Latest frame latencies the summary's mean and p95 are taken over."""
+RECENT_FRAMES = 30
+"""Frames :meth:`FrameMetrics.recent_fps` is measured over."""
 
 
 class FrameMetrics:
@@ -34,8 +36,8 @@ class FrameMetrics:
     >>> for index, truth in enumerate(["cup", "pen", None]):
     ...     frame = CapturedFrame(image, 0.0, index, truth)
     ...     metrics.record(frame, Verdict("cup", 0.9, False), 40.0, 1.0, False, ["cup"])
-    >>> metrics.frames, metrics.accuracy(), metrics.latest["frame"]
-    (3, 0.5, 2)
+    >>> metrics.frames, metrics.accuracy(), metrics.latest["frame"], metrics.recent_fps()
+    (3, 0.5, 2, None)
     >>> summary = metrics.summary(2.0)
     >>> summary["fps"], summary["accuracy_known"], summary["latency_ms"]
     (1.5, 1.0, {'mean': 40.0, 'p95': 40.0})
@@ -52,6 +54,7 @@ class FrameMetrics:
         self._scored = [0, 0]  # frames with a truth (not teaching), correct ones
         self._scored_known = [0, 0]  # the same, only where the truth was a known class
         self._latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)
+        self._times: deque[float] = deque(maxlen=RECENT_FRAMES)
         self._interval = {"frames": 0, "latency": 0.0, "start": 0.0}
 
     @property
@@ -66,6 +69,13 @@ class FrameMetrics:
         ``time``), or None before the first frame."""
         with self._lock:
             return self._latest
+
+    def recent_fps(self) -> float | None:
+        """Frames a second over the latest :data:`RECENT_FRAMES` frames (None before two)."""
+        with self._lock:
+            if len(self._times) < 2 or self._times[-1] <= self._times[0]:
+                return None
+            return (len(self._times) - 1) / (self._times[-1] - self._times[0])
 
     def accuracy(self) -> float | None:
         """Share of the scored frames predicted right (None before any was scored)."""
@@ -105,6 +115,7 @@ class FrameMetrics:
             self._interval["frames"] += 1
             self._interval["latency"] += latency_ms
             self._latencies.append(latency_ms)
+            self._times.append(now)
             if verdict.label is not None:
                 self._labelled += 1
                 self._unknown += verdict.unknown

@@ -100,6 +100,31 @@ def memory_mb() -> dict[str, float]:
     return {"rss": round(rss, 1), "peak": round(peak, 1)}
 
 
+def annotated_jpeg(
+    image: np.ndarray, text: str, quality: int = 80, min_width: int = 0
+) -> bytes | None:
+    """The RGB ``image`` as JPEG bytes with ``text`` drawn at its top left (white on a black
+    box, readable on any scene), or None if it cannot be encoded. An image narrower than
+    ``min_width`` is first scaled up to it, so the text stays legible on a small frame.
+
+    >>> annotated_jpeg(np.zeros((120, 160, 3), np.uint8), "cup 0.93")[:2]
+    b'\\xff\\xd8'
+    """
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if bgr.shape[1] < min_width:
+        height = round(bgr.shape[0] * min_width / bgr.shape[1])
+        bgr = cv2.resize(bgr, (min_width, height), interpolation=cv2.INTER_LINEAR)
+    scale = max(0.4, bgr.shape[1] / 640)
+    font, thickness, pad = cv2.FONT_HERSHEY_SIMPLEX, max(1, round(1.5 * scale)), 4
+    (width, height), below = cv2.getTextSize(text, font, scale, thickness)
+    origin = (pad + 2, pad + 2 + height)
+    corner = (origin[0] + width + pad, origin[1] + below + pad)
+    cv2.rectangle(bgr, (2, 2), corner, (0, 0, 0), cv2.FILLED)
+    cv2.putText(bgr, text, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return jpeg.tobytes() if ok else None
+
+
 class MjpegPreview:
     """Appends annotated JPEG frames to ``path`` (an MJPEG stream ``ffplay`` or VLC can play),
     at most ``fps`` a second; starts the file over past ``PREVIEW_MAX_BYTES``.
@@ -126,18 +151,13 @@ class MjpegPreview:
         if now - self._last < self.period:
             return False
         self._last = now
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        scale = max(0.4, bgr.shape[1] / 640)
-        origin = (8, int(24 * scale) + 4)
-        cv2.putText(bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4, cv2.LINE_AA)
-        cv2.putText(bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1)
-        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
-        if not ok:
+        jpeg = annotated_jpeg(image, text)
+        if jpeg is None:
             return False
         if self._file.tell() > PREVIEW_MAX_BYTES:
             self._file.seek(0)
             self._file.truncate()
-        self._file.write(jpeg.tobytes())
+        self._file.write(jpeg)
         self._file.flush()
         return True
 
