@@ -7,11 +7,13 @@ on what the page shows (Playwright polls the DOM), never on the clock.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
 import re
 import shutil
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -156,8 +158,21 @@ def test_a_public_page_needs_its_token_and_a_public_address_needs_the_flag() -> 
 
 
 def test_a_taken_port_is_a_clear_error(ui: WebUi) -> None:
-    with pytest.raises(UiError, match="another edge-cl or web server"):
+    with pytest.raises(UiError, match="another edge-cl or web server is using the port"):
         WebUi(f"127.0.0.1:{ui.port}", COMMANDS).start()
+
+
+def test_a_sandbox_without_network_sockets_points_at_the_systemd_drop_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What systemd's RestrictAddressFamilies=AF_UNIX AF_NETLINK does to socket(AF_INET)."""
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+
+    monkeypatch.setattr(socket, "create_server", refused)
+    with pytest.raises(UiError, match=r"edge-cl-ui\.conf"):
+        WebUi("127.0.0.1:0", COMMANDS).start()
 
 
 def test_frames_are_encoded_for_viewers_and_the_stream_ends_on_close() -> None:

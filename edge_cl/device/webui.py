@@ -28,6 +28,7 @@ no ASGI layer to configure.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import json
 import logging
@@ -130,10 +131,20 @@ class WebUi:
         self._started.wait()
         if self._error is not None:
             self._thread.join()
+            error = self._error
+            code = error.errno if isinstance(error, OSError) else None
+            if code == errno.EADDRINUSE:
+                hint = "another edge-cl or web server is using the port: set ui to another one"
+            elif code in (errno.EAFNOSUPPORT, errno.EPERM, errno.EACCES):
+                hint = (
+                    "this process may not open network sockets: under systemd, install the "
+                    "drop-in deploy/edge-cl-ui.conf (deploy/README.md, 'The web page')"
+                )
+            else:
+                hint = "check the address"
             raise UiError(
-                f"cannot serve the web page on {self.host}:{self.port}: {self._error} (is "
-                "another edge-cl or web server using the port? set ui to another HOST:PORT)"
-            ) from self._error
+                f"cannot serve the web page on {self.host}:{self.port}: {error} ({hint})"
+            ) from error
         return self
 
     def close(self) -> None:
