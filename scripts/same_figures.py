@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 IGNORED = {"environment", "command"}
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    a, b = (figures(json.loads(open(p).read())) for p in argv)
+    a, b = (figures(json.loads(Path(p).read_text())) for p in argv)
     found = list(differences(a, b))
     for line in found[:20]:
         print(line)
