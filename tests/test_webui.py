@@ -13,7 +13,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -196,6 +199,37 @@ def test_frames_are_encoded_for_viewers_and_the_stream_ends_on_close() -> None:
     reader.join(30)
     assert not reader.is_alive(), "the stream did not end when the page closed"
     assert parts[0].startswith(b"--edge-cl-frame\r\nContent-Type: image/jpeg")
+
+
+def test_edge_cl_run_ui_serves_the_page_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """The command line's wiring: ``run --ui`` says where the page is, the page answers with
+    the loop's status, and SIGTERM stops both."""
+    command = [sys.executable, "-m", "edge_cl.cli", "run", "--source", "synthetic"]
+    command += ["--state-dir", str(tmp_path), "--set", f"control_socket={tmp_path / 'ctl.sock'}"]
+    command += ["--ui", "127.0.0.1:0"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the log says where the page is once it is served
+            if "web page: " in line:
+                url = line.split("web page: ")[1].strip()
+                break
+        else:
+            pytest.fail(f"edge-cl run exited ({proc.wait()}) without serving the page")
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url) and not url.endswith(":0/")
+        status, _, body = fetch(url + "api/status")
+        reply = json.loads(body)
+        assert status == 200 and reply["ok"] and reply["classes"] == [] and reply["learner"]
+        assert fetch(url)[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        proc.stderr.read()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url + "api/status", timeout=5)
 
 
 # ---------------------------------------------------------------------------- the browser
