@@ -119,11 +119,12 @@ def main() -> int:
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edge_cl")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--resolution", type=int, default=128, help="the extractor's input side")
     args = parser.parse_args()
     manifest = Manifest.load()
     head = head_arrays(manifest.head())
     frozen = PretrainedHead.from_arrays(head)
-    ex = open_extractor("latent", "litert", "int8", threads=2, manifest=manifest)
+    ex = open_extractor("latent", "litert", "int8", args.resolution, threads=2, manifest=manifest)
     cache = LatentCache(args.cache / "latents", ex)
     rows: list[dict[str, Any]] = []
     for name in args.scenario:
