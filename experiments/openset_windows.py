@@ -1,0 +1,95 @@
+"""Is "unknown" easier decided over several views of an object than over one? (issue 17)
+
+A camera sees an object for many frames, often turning. Here the default AR1* learns the first
+half of a COIL-100 stream (as ``edge-cl bench-openset``), and its novelty (``LatentNetwork.
+novelty``) is averaged over windows of ``k`` test views of one object in one session, taken in
+order of their angle (COIL-100's test views of an object in a session are 9, 40 degrees apart):
+``k = 1`` is the per-frame detector the device runs today, ``k = 9`` one whole turn. Each window
+is scored as a detector of never-taught objects: AUROC, TPR at 5% FPR, FPR95.
+
+    python experiments/openset_windows.py --scenario coil100-clutter --seeds 0 1 2 \\
+        --json experiments/results/openset_windows_dev.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_cl.bench.latents import LatentCache
+from edge_cl.bench.openset import auroc, fpr_at_tpr, tpr_at_fpr
+from edge_cl.bench.scenarios import DEFAULT_DATASETS, build
+from edge_cl.bench.study import load_stream
+from edge_cl.extractor import open_extractor
+from edge_cl.extractor.imagenet import head_arrays
+from edge_cl.extractor.manifest import Manifest
+from edge_cl.learner.ar1 import AR1Star
+
+WINDOWS = (1, 3, 9)
+
+
+def groups(paths: list[str]) -> list[list[int]]:
+    """Indices of the test views of each (session, object), in order of angle."""
+    by: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for i, p in enumerate(paths):
+        session, obj = p.split("/")[:2]
+        angle = int(re.findall(r"__(\d+)", p)[-1])
+        by[(session, obj)].append((angle, i))
+    return [[i for _, i in sorted(views)] for views in by.values()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", nargs="+", default=["coil100-clutter"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edge_cl")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    manifest = Manifest.load()
+    head = head_arrays(manifest.head())
+    ex = open_extractor("latent", "litert", "int8", threads=2, manifest=manifest)
+    cache = LatentCache(args.cache / "latents", ex)
+    rows: list[dict[str, Any]] = []
+    for name in args.scenario:
+        for seed in args.seeds:
+            scenario = build(name, DEFAULT_DATASETS, seed, args.cache / "images" / name)
+            stream = load_stream(scenario, cache)
+            learner = AR1Star(head, ex.artifact.sha256, depth="latent", seed=seed)
+            for x, y in stream.batches[: len(stream.batches) // 2]:
+                learner.partial_fit(x, y)
+            novelty = learner.novelty(stream.test_x)
+            seen = set(learner.classes_)
+            for k in WINDOWS:
+                known: list[float] = []
+                unseen: list[float] = []
+                for views in groups(list(scenario.test[0])):
+                    truth = stream.test_y[views[0]]
+                    for start in range(0, len(views) - k + 1, k):
+                        score = float(novelty[views[start : start + k]].mean())
+                        (known if truth in seen else unseen).append(score)
+                kn, un = np.array(known), np.array(unseen)
+                row = {
+                    "scenario": name,
+                    "seed": seed,
+                    "views": k,
+                    "windows_known": len(kn),
+                    "windows_unseen": len(un),
+                    "auroc": round(auroc(kn, un), 4),
+                    "tpr_at_fpr5": round(tpr_at_fpr(kn, un), 4),
+                    "fpr_at_tpr95": round(fpr_at_tpr(kn, un), 4),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
