@@ -20,9 +20,9 @@ address needs ``public=True`` (``ui_public`` in the TOML, ``--ui-public``), and 
 request needs the token printed at start, as ``?token=`` once (a cookie keeps it) or the
 ``X-Edge-CL-Token`` header.
 
-aiohttp was chosen over Starlette with uvicorn because it is one package holding the server,
-streaming responses and the client the tests use, with wheels for aarch64 and Python 3.10+, and
-no ASGI layer to configure.
+aiohttp was chosen over Starlette with uvicorn because it is one package holding the HTTP server
+and its streaming responses (the MJPEG stream), with wheels for aarch64 and Python 3.10+, and
+no ASGI server to configure beside it.
 """
 
 from __future__ import annotations
