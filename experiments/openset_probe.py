@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
 from edge_cl.bench.scenarios import DEFAULT_DATASETS, build
-from edge_cl.bench.study import load_stream
+from edge_cl.bench.study import Stream, load_stream
 from edge_cl.extractor import open_extractor
 from edge_cl.extractor.imagenet import PretrainedHead, head_arrays
 from edge_cl.extractor.manifest import Manifest
@@ -49,6 +51,26 @@ def figures(known: np.ndarray, unseen: np.ndarray) -> dict[str, float]:
         "tpr_at_fpr5": round(float((unseen > t5).mean()), 4),
         "fpr_at_tpr95": round(float((known >= t95).mean()), 4),
     }
+
+
+def half_taught(
+    names: Sequence[str], seeds: Sequence[int], datasets: Path, cache: Path
+) -> Iterator[tuple[str, int, Scenario, Stream, AR1Star]]:
+    """Each scenario of ``names`` and ordering of ``seeds``, with its latents (int8 LiteRT at
+    128 px, through the latent cache) and the default AR1* taught the first half of the stream:
+    what the later probes (``openset_variants.py``, ``openset_windows.py``) score."""
+    manifest = Manifest.load()
+    head = head_arrays(manifest.head())
+    ex = open_extractor("latent", "litert", "int8", threads=2, manifest=manifest)
+    latents = LatentCache(cache / "latents", ex)
+    for name in names:
+        for seed in seeds:
+            scenario = build(name, datasets, seed, cache / "images" / name)
+            stream = load_stream(scenario, latents)
+            learner = AR1Star(head, ex.artifact.sha256, depth="latent", seed=seed)
+            for x, y in stream.batches[: len(stream.batches) // 2]:
+                learner.partial_fit(x, y)
+            yield name, seed, scenario, stream, learner
 
 
 def ranks(v: np.ndarray) -> np.ndarray:

@@ -15,14 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from openset_probe import figures
+from openset_probe import figures, half_taught
 
-from edge_cl.bench.latents import LatentCache
-from edge_cl.bench.scenarios import DEFAULT_DATASETS, build
-from edge_cl.bench.study import load_stream
-from edge_cl.extractor import open_extractor
-from edge_cl.extractor.imagenet import head_arrays
-from edge_cl.extractor.manifest import Manifest
+from edge_cl.bench.scenarios import DEFAULT_DATASETS
 from edge_cl.learner.ar1 import AR1Star
 
 
@@ -61,24 +56,16 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edge_cl")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    manifest = Manifest.load()
-    head = head_arrays(manifest.head())
-    ex = open_extractor("latent", "litert", "int8", threads=2, manifest=manifest)
-    cache = LatentCache(args.cache / "latents", ex)
     rows: list[dict[str, Any]] = []
-    for name in args.scenario:
-        for seed in args.seeds:
-            scenario = build(name, args.datasets, seed, args.cache / "images" / name)
-            stream = load_stream(scenario, cache)
-            learner = AR1Star(head, ex.artifact.sha256, depth="latent", seed=seed)
-            for x, y in stream.batches[: len(stream.batches) // 2]:
-                learner.partial_fit(x, y)
-            seen = set(learner.classes_)
-            known = np.array([label in seen for label in stream.test_y])
-            for key, v in variants(learner, stream.test_x).items():
-                row = {"scenario": name, "seed": seed, "score": key, **figures(v[known], v[~known])}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    for name, seed, _, stream, learner in half_taught(
+        args.scenario, args.seeds, args.datasets, args.cache
+    ):
+        seen = set(learner.classes_)
+        known = np.array([label in seen for label in stream.test_y])
+        for key, v in variants(learner, stream.test_x).items():
+            row = {"scenario": name, "seed": seed, "score": key, **figures(v[known], v[~known])}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     return 0

@@ -21,15 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from openset_probe import half_taught
 
-from edge_cl.bench.latents import LatentCache
 from edge_cl.bench.openset import auroc, fpr_at_tpr, tpr_at_fpr
-from edge_cl.bench.scenarios import DEFAULT_DATASETS, build
-from edge_cl.bench.study import load_stream
-from edge_cl.extractor import open_extractor
-from edge_cl.extractor.imagenet import head_arrays
-from edge_cl.extractor.manifest import Manifest
-from edge_cl.learner.ar1 import AR1Star
+from edge_cl.bench.scenarios import DEFAULT_DATASETS
 
 WINDOWS = (1, 3, 9)
 
@@ -51,41 +46,33 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edge_cl")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    manifest = Manifest.load()
-    head = head_arrays(manifest.head())
-    ex = open_extractor("latent", "litert", "int8", threads=2, manifest=manifest)
-    cache = LatentCache(args.cache / "latents", ex)
     rows: list[dict[str, Any]] = []
-    for name in args.scenario:
-        for seed in args.seeds:
-            scenario = build(name, DEFAULT_DATASETS, seed, args.cache / "images" / name)
-            stream = load_stream(scenario, cache)
-            learner = AR1Star(head, ex.artifact.sha256, depth="latent", seed=seed)
-            for x, y in stream.batches[: len(stream.batches) // 2]:
-                learner.partial_fit(x, y)
-            novelty = learner.novelty(stream.test_x)
-            seen = set(learner.classes_)
-            for k in WINDOWS:
-                known: list[float] = []
-                unseen: list[float] = []
-                for views in groups(list(scenario.test[0])):
-                    truth = stream.test_y[views[0]]
-                    for start in range(0, len(views) - k + 1, k):
-                        score = float(novelty[views[start : start + k]].mean())
-                        (known if truth in seen else unseen).append(score)
-                kn, un = np.array(known), np.array(unseen)
-                row = {
-                    "scenario": name,
-                    "seed": seed,
-                    "views": k,
-                    "windows_known": len(kn),
-                    "windows_unseen": len(un),
-                    "auroc": round(auroc(kn, un), 4),
-                    "tpr_at_fpr5": round(tpr_at_fpr(kn, un), 4),
-                    "fpr_at_tpr95": round(fpr_at_tpr(kn, un), 4),
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    for name, seed, scenario, stream, learner in half_taught(
+        args.scenario, args.seeds, DEFAULT_DATASETS, args.cache
+    ):
+        novelty = learner.novelty(stream.test_x)
+        seen = set(learner.classes_)
+        for k in WINDOWS:
+            known: list[float] = []
+            unseen: list[float] = []
+            for views in groups(list(scenario.test[0])):
+                truth = stream.test_y[views[0]]
+                for start in range(0, len(views) - k + 1, k):
+                    score = float(novelty[views[start : start + k]].mean())
+                    (known if truth in seen else unseen).append(score)
+            kn, un = np.array(known), np.array(unseen)
+            row = {
+                "scenario": name,
+                "seed": seed,
+                "views": k,
+                "windows_known": len(kn),
+                "windows_unseen": len(un),
+                "auroc": round(auroc(kn, un), 4),
+                "tpr_at_fpr5": round(tpr_at_fpr(kn, un), 4),
+                "fpr_at_tpr95": round(fpr_at_tpr(kn, un), 4),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     return 0
