@@ -163,7 +163,7 @@ class DeviceLoop:
         settings, frames, accuracy, jobs, checkpoint, MCU, memory."""
         learner = self.classifier.learner
         teaching = self.teaching.current
-        latest = self.metrics.latest
+        latest = self.metrics.latest or {}  # nothing classified yet: no verdict
         stored = stored_patterns(learner)
         fps = self.metrics.recent_fps()
         changed = self.worker.last_update
@@ -174,11 +174,11 @@ class DeviceLoop:
             "learner": learner_name(learner),
             "classes": learner.classes_,
             "patterns": None if stored is None else [[k, n] for k, n in stored.items()],
-            "verdict": latest["verdict"] if latest is not None else None,
-            "unknown": latest["unknown"] if latest is not None else False,
-            "empty": latest["empty"] if latest is not None else False,
-            "confidence": latest["confidence"] if latest is not None else None,
-            "latency_ms": latest["latency_ms"] if latest is not None else None,
+            "verdict": latest.get("verdict"),
+            "unknown": latest.get("unknown", False),
+            "empty": latest.get("empty", False),
+            "confidence": latest.get("confidence"),
+            "latency_ms": latest.get("latency_ms"),
             "fps": round(fps, 1) if fps is not None else None,
             "last_update_s": None if changed is None else round(time.monotonic() - changed, 1),
             "unknown_accept": self.worker.unknown_accept,
