@@ -264,6 +264,34 @@ class _BenchHelp(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         super().add_text(text)
 
 
+def _stream_options(parser: argparse.ArgumentParser, scenarios: list[str]) -> None:
+    """The streams a study runs on, as :func:`_study_inputs` reads them (bench, bench-openset):
+    generated ``--scenario`` (default ``scenarios``), or ``--filelists`` under ``--root``, and
+    how many orderings (``--runs``)."""
+    parser.add_argument(
+        "--scenario",
+        nargs="+",
+        default=scenarios,
+        help="generated scenarios to run: " + ", ".join(available()),
+    )
+    parser.add_argument("--root", type=Path, default=None, help="image root of --filelists")
+    parser.add_argument(
+        "--filelists",
+        type=Path,
+        default=None,
+        help="CORe50-format filelists instead of --scenario: one ordering's folder "
+        "(train_batch_XX_filelist.txt, test_filelist.txt), or a protocol's folder of run0/, "
+        "run1/, ... (e.g. NIC_v2_391/)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="orderings: seeds 0..N-1 of each generated scenario (default 3), run0..run{N-1} "
+        "of --filelists (default: every run it holds)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``edge-cl``."""
     parser = argparse.ArgumentParser(prog="edge-cl", description=__doc__)
@@ -310,12 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_BenchHelp,
         epilog=_STRATEGIES,
     )
-    bench.add_argument(
-        "--scenario",
-        nargs="+",
-        default=["coil100-sessions"],
-        help="generated scenarios to run: " + ", ".join(available()),
-    )
+    _stream_options(bench, ["coil100-sessions"])
     bench.add_argument(
         "--suite",
         choices=sorted(SUITES),
@@ -323,25 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a whole scenario set instead: dev (defaults may be chosen on it) or holdout "
         "(only confirms them): " + "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items()),
     )
-    bench.add_argument("--root", type=Path, default=None, help="image root of --filelists")
-    bench.add_argument(
-        "--filelists",
-        type=Path,
-        default=None,
-        help="CORe50-format filelists: one ordering's folder (train_batch_XX_filelist.txt, "
-        "test_filelist.txt), or a protocol's folder of run0/, run1/, ... (e.g. NIC_v2_391/)",
-    )
     bench.add_argument(
         "--strategies",
         default="ar1-latent,cumulative-latent,slda,slda-latent",
         help="comma-separated strategy names (listed below)",
-    )
-    bench.add_argument(
-        "--runs",
-        type=int,
-        default=None,
-        help="orderings: seeds 0..N-1 of a generated scenario (default 3), run0..run{N-1} of "
-        "--filelists (default: every run it holds)",
     )
     bench.add_argument(
         "--eval-points", type=int, default=5, help="test-set evaluations, spread over the stream"
@@ -405,27 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_bench_openset.__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    openset.add_argument(
-        "--scenario",
-        nargs="+",
-        default=["coil100-sessions", "tinyimagenet-nc", "cifar10-nc"],
-        help="generated scenarios to run: " + ", ".join(available()),
-    )
-    openset.add_argument("--root", type=Path, default=None, help="image root of --filelists")
-    openset.add_argument(
-        "--filelists",
-        type=Path,
-        default=None,
-        help="CORe50-format filelists instead of --scenario: one ordering's folder, or a "
-        "protocol's folder of run0/, run1/, ...",
-    )
-    openset.add_argument(
-        "--runs",
-        type=int,
-        default=None,
-        help="orderings: seeds 0..N-1 of each scenario (default 3), run0..run{N-1} of "
-        "--filelists (default: every run it holds)",
-    )
+    _stream_options(openset, ["coil100-sessions", "tinyimagenet-nc", "cifar10-nc"])
     openset.add_argument(
         "--at",
         type=float,
