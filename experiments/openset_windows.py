@@ -7,8 +7,15 @@ order of their angle (COIL-100's test views of an object in a session are 9, 40 
 ``k = 1`` is the per-frame detector the device runs today, ``k = 9`` one whole turn. Each window
 is scored as a detector of never-taught objects: AUROC, TPR at 5% FPR, FPR95.
 
+``--views frames`` asks what a camera gets instead: windows of ``k`` *consecutive* frames
+(5 degrees apart) sliding over each later training batch of one object, an arc the learner has
+not learned yet; its known windows come from batches of classes taught by the half, its unseen
+ones from the first batch of each class not taught yet (``k`` up to 13, a whole batch).
+
     python experiments/openset_windows.py --scenario coil100-clutter --seeds 0 1 2 \\
         --json experiments/results/openset_windows_dev.json
+    python experiments/openset_windows.py --views frames --scenario coil100-clutter \\
+        --seeds 0 1 2 --json experiments/results/openset_frames_dev.json
 """
 
 from __future__ import annotations
@@ -23,10 +30,13 @@ from typing import Any
 import numpy as np
 from openset_probe import half_taught
 
+from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.openset import auroc, fpr_at_tpr, tpr_at_fpr
 from edge_cl.bench.scenarios import DEFAULT_DATASETS
+from edge_cl.bench.study import Stream
+from edge_cl.learner.ar1 import AR1Star
 
-WINDOWS = (1, 3, 9)
+WINDOWS = {"test": (1, 3, 9), "frames": (1, 3, 5, 9, 13)}
 
 
 def groups(paths: list[str]) -> list[list[int]]:
@@ -39,10 +49,46 @@ def groups(paths: list[str]) -> list[list[int]]:
     return [[i for _, i in sorted(views)] for views in by.values()]
 
 
+def test_windows(
+    scenario: Scenario, stream: Stream, learner: AR1Star, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean novelty of disjoint windows of ``k`` test views of one object in one session, in
+    order of angle: (known windows, unseen windows)."""
+    novelty = learner.novelty(stream.test_x)
+    seen = set(learner.classes_)
+    known: list[float] = []
+    unseen: list[float] = []
+    for views in groups(list(scenario.test[0])):
+        truth = stream.test_y[views[0]]
+        for start in range(0, len(views) - k + 1, k):
+            score = float(novelty[views[start : start + k]].mean())
+            (known if truth in seen else unseen).append(score)
+    return np.array(known), np.array(unseen)
+
+
+def frame_windows(stream: Stream, learner: AR1Star, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean novelty of every window of ``k`` consecutive frames (sliding, as a device would
+    decide) of each later one-object batch: known ones from classes already taught, unseen
+    ones from the first batch of each class not taught yet."""
+    seen = set(learner.classes_)
+    arrived: set[object] = set()
+    known: list[float] = []
+    unseen: list[float] = []
+    for x, y in stream.batches[len(stream.batches) // 2 :]:
+        if len(set(y)) != 1 or (y[0] not in seen and y[0] in arrived):
+            continue
+        arrived.add(y[0])
+        novelty = learner.novelty(x)
+        means = [float(novelty[i : i + k].mean()) for i in range(len(novelty) - k + 1)]
+        (known if y[0] in seen else unseen).extend(means)
+    return np.array(known), np.array(unseen)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", nargs="+", default=["coil100-clutter"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--views", choices=sorted(WINDOWS), default="test")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edge_cl")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -50,17 +96,11 @@ def main() -> int:
     for name, seed, scenario, stream, learner in half_taught(
         args.scenario, args.seeds, DEFAULT_DATASETS, args.cache
     ):
-        novelty = learner.novelty(stream.test_x)
-        seen = set(learner.classes_)
-        for k in WINDOWS:
-            known: list[float] = []
-            unseen: list[float] = []
-            for views in groups(list(scenario.test[0])):
-                truth = stream.test_y[views[0]]
-                for start in range(0, len(views) - k + 1, k):
-                    score = float(novelty[views[start : start + k]].mean())
-                    (known if truth in seen else unseen).append(score)
-            kn, un = np.array(known), np.array(unseen)
+        for k in WINDOWS[args.views]:
+            if args.views == "test":
+                kn, un = test_windows(scenario, stream, learner, k)
+            else:
+                kn, un = frame_windows(stream, learner, k)
             row = {
                 "scenario": name,
                 "seed": seed,
@@ -74,7 +114,7 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"views": args.views, "rows": rows}, indent=1) + "\n")
     return 0
 
 
