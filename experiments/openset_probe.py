@@ -54,11 +54,16 @@ def figures(known: np.ndarray, unseen: np.ndarray) -> dict[str, float]:
 
 
 def half_taught(
-    names: Sequence[str], seeds: Sequence[int], datasets: Path, cache: Path
+    names: Sequence[str],
+    seeds: Sequence[int],
+    datasets: Path,
+    cache: Path,
+    learner_class: type[AR1Star] = AR1Star,
 ) -> Iterator[tuple[str, int, Scenario, Stream, AR1Star]]:
     """Each scenario of ``names`` and ordering of ``seeds``, with its latents (int8 LiteRT at
-    128 px, through the latent cache) and the default AR1* taught the first half of the stream:
-    what the later probes (``openset_variants.py``, ``openset_windows.py``) score."""
+    128 px, through the latent cache) and the default AR1* (or ``learner_class``) taught the
+    first half of the stream: what the later probes (``openset_variants.py``,
+    ``openset_windows.py``, ...) score."""
     manifest = Manifest.load()
     head = head_arrays(manifest.head())
     ex = open_extractor("latent", "litert", "int8", threads=2, manifest=manifest)
@@ -67,7 +72,7 @@ def half_taught(
         for seed in seeds:
             scenario = build(name, datasets, seed, cache / "images" / name)
             stream = load_stream(scenario, latents)
-            learner = AR1Star(head, ex.artifact.sha256, depth="latent", seed=seed)
+            learner = learner_class(head, ex.artifact.sha256, depth="latent", seed=seed)
             for x, y in stream.batches[: len(stream.batches) // 2]:
                 learner.partial_fit(x, y)
             yield name, seed, scenario, stream, learner
