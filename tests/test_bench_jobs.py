@@ -46,7 +46,8 @@ def inputs(datasets: Path, manifest: Manifest, tmp_path_factory: pytest.TempPath
 
 def study(inputs: Inputs, **options: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The study of :data:`STRATEGIES` on ``inputs``, and the results so far as on_ordering
-    saw them after each ordering (as JSON, as edge-cl bench writes them then)."""
+    saw them after each ordering (kept as handed over, then as JSON, as edge-cl bench writes
+    them)."""
     _, _, orderings, cache, head = inputs
     partials: list[dict[str, Any]] = []
     result = bench(
@@ -55,11 +56,12 @@ def study(inputs: Inputs, **options: Any) -> tuple[dict[str, Any], list[dict[str
         cache,
         head,
         progress_stream=io.StringIO(),
-        on_ordering=lambda partial: partials.append(json.loads(json.dumps(partial, default=str))),
+        on_ordering=partials.append,
         **SETTINGS,
         **options,
     )
-    return json.loads(json.dumps(result, default=str)), partials
+    as_json = [json.loads(json.dumps(p, default=str)) for p in [result, *partials]]
+    return as_json[0], as_json[1:]
 
 
 def figures(result: dict[str, Any]) -> str:

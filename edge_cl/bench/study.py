@@ -13,6 +13,7 @@ computes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import itertools
 import os
@@ -832,11 +833,11 @@ def _results(
     for sc in dict.fromkeys(r["scenario"] for r in runs):
         mine = [r for r in runs if r["scenario"] == sc]
         by_scenario[sc] = summarise(mine, image_bytes, per_batch)
-    return {
-        "scenarios": records,
+    return {  # copies: a result handed to on_ordering does not change as the study goes on
+        "scenarios": copy.deepcopy(records),
         "environment": environment(),
         "settings": {**settings, "input_image_bytes": image_bytes},
         "summary": by_scenario,
-        "runs": runs,
+        "runs": list(runs),
         "wall_seconds": round(time.perf_counter() - started, 3),
     }
