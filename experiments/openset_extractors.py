@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from openset_probe import figures
+from openset_probe import emit, figures, write_rows
 
 CONFIGS = (("efficientnet-lite0", 128), ("efficientnet-lite0", 224), ("efficientnet-lite2", 260))
 
@@ -105,7 +105,7 @@ def score(args: argparse.Namespace) -> None:
     runs = json.loads(args.lists.read_text())
     files = sorted({f for r in runs for f, _ in r["bank"] + r["test"]})
     index = {f: i for i, f in enumerate(files)}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for model_name, side in CONFIGS:
         start = time.perf_counter()
         every = features(model_name, side, files)
@@ -124,9 +124,8 @@ def score(args: argparse.Namespace) -> None:
                     "score": key,
                     **figures(v[known], v[~known]),
                 }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+                emit(rows, row)
+    write_rows(args.json, rows)
 
 
 def main() -> int:

@@ -15,14 +15,12 @@ known views.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from openset_probe import half_taught
+from openset_probe import emit, figures, half_taught, write_rows
 
-from edge_cl.bench.openset import auroc, fpr_at_tpr, tpr_at_fpr
 from edge_cl.bench.scenarios import DEFAULT_DATASETS
 from edge_cl.bench.study import Stream
 from edge_cl.extractor.imagenet import head_arrays
@@ -31,7 +29,7 @@ from edge_cl.learner.cumulative import Cumulative
 from edge_cl.learner.network import LatentNetwork
 
 
-def figures(learner: LatentNetwork, stream: Stream) -> dict[str, float]:
+def scored(learner: LatentNetwork, stream: Stream) -> dict[str, float]:
     """The open-set figures of ``learner``'s novelty on ``stream``'s test views, and its
     accuracy on the known ones."""
     seen = set(learner.classes_)
@@ -40,12 +38,7 @@ def figures(learner: LatentNetwork, stream: Stream) -> dict[str, float]:
     kn, un = novelty[known], novelty[~known]
     predicted = learner.predict(stream.test_x)
     hits = np.array([p == t for p, t in zip(predicted, stream.test_y, strict=True)])
-    return {
-        "auroc": round(auroc(kn, un), 4),
-        "tpr_at_fpr5": round(tpr_at_fpr(kn, un), 4),
-        "fpr_at_tpr95": round(fpr_at_tpr(kn, un), 4),
-        "accuracy_known": round(float(hits[known].mean()), 4),
-    }
+    return {**figures(kn, un), "accuracy_known": round(float(hits[known].mean()), 4)}
 
 
 def main() -> int:
@@ -65,11 +58,9 @@ def main() -> int:
         joint = Cumulative(head, learner.extractor_sha256, depth="latent", seed=seed)
         joint.partial_fit(np.concatenate([x for x, _ in half]), [y for _, ys in half for y in ys])
         for strategy, model in (("ar1_stream", learner), ("joint", joint)):
-            row = {"scenario": name, "seed": seed, "learner": strategy, **figures(model, stream)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+            row = {"scenario": name, "seed": seed, "learner": strategy, **scored(model, stream)}
+            emit(rows, row)
+    write_rows(args.json, rows)
     return 0
 
 

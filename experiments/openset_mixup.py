@@ -14,15 +14,13 @@ class, ``other``. Its novelty is then the ``other`` logit minus the largest logi
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from openset_probe import half_taught
+from openset_probe import emit, figures, half_taught, write_rows
 
-from edge_cl.bench.openset import auroc, fpr_at_tpr, tpr_at_fpr
 from edge_cl.bench.scenarios import DEFAULT_DATASETS
 from edge_cl.bench.study import Stream
 from edge_cl.learner.ar1 import AR1Star
@@ -96,15 +94,11 @@ def main() -> int:
                     "seed": seed,
                     "learner": learner_class.__name__,
                     "score": score,
-                    "auroc": round(auroc(kn, un), 4),
-                    "tpr_at_fpr5": round(tpr_at_fpr(kn, un), 4),
-                    "fpr_at_tpr95": round(fpr_at_tpr(kn, un), 4),
+                    **figures(kn, un),
                     "accuracy_known": round(accuracy, 4),
                 }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+                emit(rows, row)
+    write_rows(args.json, rows)
     return 0
 
 

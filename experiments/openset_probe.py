@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_cl.bench.filelists import Scenario
 from edge_cl.bench.latents import LatentCache
+from edge_cl.bench.openset import auroc, fpr_at_tpr, tpr_at_fpr
 from edge_cl.bench.scenarios import DEFAULT_DATASETS, build
 from edge_cl.bench.study import Stream, load_stream
 from edge_cl.extractor import open_extractor
@@ -30,27 +31,26 @@ from edge_cl.learner.ar1 import AR1Star
 from edge_cl.learner.layers import softmax
 
 
-def auroc(known: np.ndarray, unseen: np.ndarray) -> float:
-    """P(score of an unseen > score of a known), ties counted half."""
-    allv = np.concatenate([known, unseen])
-    order = allv.argsort(kind="mergesort")
-    ranks = np.empty(len(allv))
-    ranks[order] = np.arange(1, len(allv) + 1)
-    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, ranks)
-    ranks = (sums / counts)[inv]
-    r = ranks[len(known) :].sum()
-    return float((r - len(unseen) * (len(unseen) + 1) / 2) / (len(known) * len(unseen)))
-
-
 def figures(known: np.ndarray, unseen: np.ndarray) -> dict[str, float]:
-    t5 = np.quantile(known, 0.95)
-    t95 = np.quantile(unseen, 0.05)
+    """AUROC, TPR at 5% FPR and FPR95 of a detector of ``unseen`` (higher: more novel),
+    rounded to 4 places, as ``edge-cl bench-openset`` computes them."""
     return {
         "auroc": round(auroc(known, unseen), 4),
-        "tpr_at_fpr5": round(float((unseen > t5).mean()), 4),
-        "fpr_at_tpr95": round(float((known >= t95).mean()), 4),
+        "tpr_at_fpr5": round(tpr_at_fpr(known, unseen), 4),
+        "fpr_at_tpr95": round(fpr_at_tpr(known, unseen), 4),
     }
+
+
+def emit(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Keep ``row`` and print it as a JSON line, so a long run shows its progress."""
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def write_rows(path: Path | None, rows: list[dict[str, Any]], **meta: Any) -> None:
+    """Write ``{**meta, "rows": rows}`` to ``path`` as indented JSON (nothing if None)."""
+    if path is not None:
+        path.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
 
 
 def half_taught(
@@ -193,10 +193,8 @@ def main() -> int:
                     t = np.quantile(cal[key], 0.95)
                     row["cal_known_rejected"] = round(float((v[known] > t).mean()), 4)
                     row["cal_unseen_flagged"] = round(float((v[~known] > t).mean()), 4)
-                rows.append(row)
-                print(json.dumps(row))
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+                emit(rows, row)
+    write_rows(args.json, rows)
     return 0
 
 

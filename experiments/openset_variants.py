@@ -10,12 +10,11 @@ max logit, to see whether a per-class normalisation lifts the low-rejection end.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from openset_probe import figures, half_taught
+from openset_probe import emit, figures, half_taught, write_rows
 
 from edge_cl.bench.scenarios import DEFAULT_DATASETS
 from edge_cl.learner.ar1 import AR1Star
@@ -64,10 +63,8 @@ def main() -> int:
         known = np.array([label in seen for label in stream.test_y])
         for key, v in variants(learner, stream.test_x).items():
             row = {"scenario": name, "seed": seed, "score": key, **figures(v[known], v[~known])}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+            emit(rows, row)
+    write_rows(args.json, rows)
     return 0
 
 

@@ -21,17 +21,15 @@ ones from the first batch of each class not taught yet (``k`` up to 13, a whole 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from openset_probe import half_taught
+from openset_probe import emit, figures, half_taught, write_rows
 
 from edge_cl.bench.filelists import Scenario
-from edge_cl.bench.openset import auroc, fpr_at_tpr, tpr_at_fpr
 from edge_cl.bench.scenarios import DEFAULT_DATASETS
 from edge_cl.bench.study import Stream
 from edge_cl.learner.ar1 import AR1Star
@@ -107,14 +105,10 @@ def main() -> int:
                 "views": k,
                 "windows_known": len(kn),
                 "windows_unseen": len(un),
-                "auroc": round(auroc(kn, un), 4),
-                "tpr_at_fpr5": round(tpr_at_fpr(kn, un), 4),
-                "fpr_at_tpr95": round(fpr_at_tpr(kn, un), 4),
+                **figures(kn, un),
             }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"views": args.views, "rows": rows}, indent=1) + "\n")
+            emit(rows, row)
+    write_rows(args.json, rows, views=args.views)
     return 0
 
 
