@@ -70,7 +70,8 @@ def scores(learner: AR1Star, stream: Stream) -> tuple[dict[str, np.ndarray], np.
         out["other_margin"] = logits[:, ~real][:, 0] - best
     predicted = np.array(names, dtype=object)[np.flatnonzero(real)[logits[:, real].argmax(1)]]
     truth = np.array(stream.test_y, dtype=object)
-    known = np.array([label in set(names) - {OTHER} for label in stream.test_y], dtype=bool)
+    taught = set(names) - {OTHER}
+    known = np.array([label in taught for label in stream.test_y], dtype=bool)
     return out, known, float((predicted[known] == truth[known]).mean())
 
 

@@ -47,38 +47,43 @@ def groups(paths: list[str]) -> list[list[int]]:
     return [[i for _, i in sorted(views)] for views in by.values()]
 
 
-def test_windows(
-    scenario: Scenario, stream: Stream, learner: AR1Star, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean novelty of disjoint windows of ``k`` test views of one object in one session, in
-    order of angle: (known windows, unseen windows)."""
+Arc = tuple[np.ndarray, bool]
+"""The novelty of one object's views in order (of angle, or of frames), and whether it is of a
+taught class."""
+
+
+def test_arcs(scenario: Scenario, stream: Stream, learner: AR1Star) -> list[Arc]:
+    """The test views of each (session, object), in order of angle."""
     novelty = learner.novelty(stream.test_x)
     seen = set(learner.classes_)
-    known: list[float] = []
-    unseen: list[float] = []
-    for views in groups(list(scenario.test[0])):
-        truth = stream.test_y[views[0]]
-        for start in range(0, len(views) - k + 1, k):
-            score = float(novelty[views[start : start + k]].mean())
-            (known if truth in seen else unseen).append(score)
-    return np.array(known), np.array(unseen)
+    return [
+        (novelty[views], stream.test_y[views[0]] in seen)
+        for views in groups(list(scenario.test[0]))
+    ]
 
 
-def frame_windows(stream: Stream, learner: AR1Star, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean novelty of every window of ``k`` consecutive frames (sliding, as a device would
-    decide) of each later one-object batch: known ones from classes already taught, unseen
-    ones from the first batch of each class not taught yet."""
+def frame_arcs(stream: Stream, learner: AR1Star) -> list[Arc]:
+    """The frames of each later one-object batch, in order: of classes already taught, and
+    the first batch of each class not taught yet."""
     seen = set(learner.classes_)
     arrived: set[object] = set()
-    known: list[float] = []
-    unseen: list[float] = []
+    arcs: list[Arc] = []
     for x, y in stream.batches[len(stream.batches) // 2 :]:
         if len(set(y)) != 1 or (y[0] not in seen and y[0] in arrived):
             continue
         arrived.add(y[0])
-        novelty = learner.novelty(x)
-        means = [float(novelty[i : i + k].mean()) for i in range(len(novelty) - k + 1)]
-        (known if y[0] in seen else unseen).extend(means)
+        arcs.append((learner.novelty(x), y[0] in seen))
+    return arcs
+
+
+def windows(arcs: list[Arc], k: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean novelty of the windows of ``k`` views of each arc, one every ``step`` views
+    (``step == k``: disjoint; 1: sliding, as a device would decide): (known, unseen)."""
+    known: list[float] = []
+    unseen: list[float] = []
+    for novelty, taught in arcs:
+        means = [float(novelty[i : i + k].mean()) for i in range(0, len(novelty) - k + 1, step)]
+        (known if taught else unseen).extend(means)
     return np.array(known), np.array(unseen)
 
 
@@ -94,11 +99,10 @@ def main() -> int:
     for name, seed, scenario, stream, learner in half_taught(
         args.scenario, args.seeds, DEFAULT_DATASETS, args.cache
     ):
+        test = args.views == "test"
+        arcs = test_arcs(scenario, stream, learner) if test else frame_arcs(stream, learner)
         for k in WINDOWS[args.views]:
-            if args.views == "test":
-                kn, un = test_windows(scenario, stream, learner, k)
-            else:
-                kn, un = frame_windows(stream, learner, k)
+            kn, un = windows(arcs, k, step=k if test else 1)
             row = {
                 "scenario": name,
                 "seed": seed,
