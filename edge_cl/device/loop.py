@@ -241,12 +241,13 @@ class DeviceLoop:
         """Serve the control socket and the MCU and run the frames until stopped; the source's
         counters."""
         config, source = self.config, self.source
+        commands = self.commands()  # one set, answered on the socket and the page alike
         with contextlib.ExitStack() as stack:
-            stack.enter_context(ControlServer(config.socket_path, self.commands()).start())
+            stack.enter_context(ControlServer(config.socket_path, commands).start())
             if config.ui is not None:
                 from edge_cl.device.webui import WebUi  # aiohttp is imported only when served
 
-                ui = WebUi(config.ui, self.commands(), public=config.ui_public)
+                ui = WebUi(config.ui, commands, public=config.ui_public)
                 self.ui = stack.enter_context(ui.start())
                 stack.callback(setattr, self, "ui", None)
                 if ui.public:
